@@ -1,0 +1,32 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Both do their own set-up.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml schema compiler runtime | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/mailwright validate examples/seed/dcnw.yaml examples/seed/minasi.yaml examples/multisite/contoso.yaml
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy -p mailwright.schema -p mailwright.compiler -p mailwright.runtime
+	$(BIN)/mypy tests benchmarks
+
+test: lint typecheck
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""The `mailwright` command: the only place that prints or exits."""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from mailwright.compiler.report import ValidationReport, render_github, render_json, render_text
+from mailwright.schema import check_specs
+from mailwright.schema.fmt import format_spec
+from mailwright.schema.jsonschema import spec_json_schema_text
+from mailwright.schema.passwords import hash_password
+from mailwright.schema.yamlsource import YamlSyntaxError
+
+app = typer.Typer(
+    help="Infrastructure as code for an Exchange-style mail organization.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+Specs = Annotated[list[Path], typer.Argument(help="Organization spec files (YAML).", show_default=False)]
+
+
+class OutputFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    GITHUB = "github"
+
+
+@app.command()
+def validate(
+    specs: Specs,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="text, json, or GitHub Actions annotations.")
+    ] = OutputFormat.TEXT,
+) -> None:
+    """Check specs: every problem at once, each at FILE:LINE:COL. Exit 1 on any error."""
+    loaded, diagnostics = check_specs(specs)
+    report = ValidationReport([str(s) for s in specs], loaded, diagnostics)
+    if output is OutputFormat.JSON:
+        print(render_json(report))
+    elif output is OutputFormat.GITHUB:
+        for line in render_github(report):
+            print(line)
+    else:
+        for text, style in render_text(report):
+            out.print(text, style=style or None, markup=False)
+    raise typer.Exit(0 if report.valid else 1)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the spec (for yaml-language-server and other editors)."""
+    sys.stdout.write(spec_json_schema_text())
+
+
+@app.command()
+def fmt(
+    specs: Specs,
+    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a file would change.")] = False,
+) -> None:
+    """Rewrite specs in canonical form, keeping comments."""
+    changed, failed = [], False
+    for path in specs:
+        try:
+            text = path.read_text(encoding="utf-8")
+            formatted = format_spec(text)
+        except (OSError, UnicodeDecodeError) as exc:
+            err.print(f"{path}:1:1: error: cannot read: {getattr(exc, 'strerror', None) or exc}", markup=False)
+            failed = True
+            continue
+        except YamlSyntaxError as exc:
+            err.print(f"{path}:{exc.line}:{exc.column}: error: {exc.message}", markup=False)
+            failed = True
+            continue
+        if formatted != text:
+            changed.append(path)
+            if not check:
+                path.write_text(formatted, encoding="utf-8")
+    for path in changed:
+        out.print(f"{'would reformat' if check else 'reformatted'} {path}", markup=False)
+    raise typer.Exit(1 if failed or (check and changed) else 0)
+
+
+@app.command("hash-password")
+def hash_password_command() -> None:
+    """Read a password (prompt, or stdin when not a terminal) and print its argon2id hash."""
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        err.print("error: empty password", markup=False)
+        raise typer.Exit(1)
+    print(hash_password(password))
+
+
+def main() -> None:
+    app()

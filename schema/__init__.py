@@ -1,0 +1,40 @@
+"""The organization spec: pydantic models, a positioned YAML/CSV loader and semantic checks.
+
+This package imports nothing else of mailwright's; the compiler and the CLI build on it.
+"""
+
+from mailwright.schema.diagnostics import Diagnostic, Position, Severity, SpecError
+from mailwright.schema.loader import LoadedSpec, check_specs, load_spec, load_specs
+from mailwright.schema.models import (
+    AddressSpace,
+    DirectoryImport,
+    ImsConnector,
+    Mailbox,
+    OrganizationSpec,
+    Pop3Settings,
+    Server,
+    Site,
+    SiteAddressing,
+    Zone,
+)
+
+__all__ = [
+    "AddressSpace",
+    "Diagnostic",
+    "DirectoryImport",
+    "ImsConnector",
+    "LoadedSpec",
+    "Mailbox",
+    "OrganizationSpec",
+    "Pop3Settings",
+    "Position",
+    "Server",
+    "Severity",
+    "Site",
+    "SiteAddressing",
+    "SpecError",
+    "Zone",
+    "check_specs",
+    "load_spec",
+    "load_specs",
+]

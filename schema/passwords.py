@@ -1,0 +1,37 @@
+"""Password hashes: the spec holds hashes only, never a password.
+
+Messages here never repeat the value they judge: it may be a password typed in by mistake.
+"""
+
+from __future__ import annotations
+
+import re
+
+import argon2
+from argon2.exceptions import InvalidHashError
+
+# bcrypt's modular crypt format: $2b$<cost>$<22 salt + 31 hash characters>.
+_BCRYPT = re.compile(r"^\$2[aby]\$(0[4-9]|[12][0-9]|3[01])\$[./A-Za-z0-9]{53}$")
+HOW_TO_HASH = "run `mailwright hash-password` and put its output here"
+
+
+def check_password_hash(value: str) -> str:
+    if value.startswith("$argon2"):
+        try:
+            parameters = argon2.extract_parameters(value)
+        except InvalidHashError:
+            raise ValueError(f"malformed argon2 hash; {HOW_TO_HASH}") from None
+        if parameters.type is not argon2.Type.ID:
+            raise ValueError(f"argon2 hashes must be argon2id; {HOW_TO_HASH}")
+        return value
+    if value.startswith("$2"):
+        if not _BCRYPT.match(value):
+            raise ValueError(f"malformed bcrypt hash; {HOW_TO_HASH}")
+        return value
+    raise ValueError(
+        f"password must be an argon2id or bcrypt hash, not a plaintext password; {HOW_TO_HASH}"
+    )
+
+
+def hash_password(password: str) -> str:
+    return argon2.PasswordHasher().hash(password)

@@ -1,0 +1,89 @@
+"""A recipient's proxy addresses: the primaries its site's addressing generates, plus its own."""
+
+from __future__ import annotations
+
+from mailwright.schema.addressing import (
+    X400_LIMITS,
+    AddressType,
+    ProxyAddress,
+    expand_template,
+    format_x400,
+    sanitize_local_part,
+    sanitize_ms,
+    sanitize_x400,
+)
+from mailwright.schema.models import Mailbox, Organization, Site
+
+
+class AddressingError(ValueError):
+    """A template yields no usable address for one recipient."""
+
+
+def smtp_template(site: Site, organization: Organization) -> str:
+    template = site.addressing.smtp
+    return template if "@" in template else f"{template}@{organization.domains[0]}"
+
+
+def generated_smtp(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    template = smtp_template(site, organization)
+    local_template, _, domain = template.rpartition("@")
+    local = sanitize_local_part(expand_template(local_template, mailbox))
+    if not local:
+        raise AddressingError(
+            f"site '{site.name}' SMTP template '{template}' gives mailbox '{mailbox.alias}' "
+            "an empty local part"
+        )
+    return f"{local}@{domain.lower()}"
+
+
+def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    x400 = site.addressing.x400
+    attributes = {
+        "c": x400.country.upper(),
+        "a": x400.admd,
+        "p": x400.prmd or sanitize_x400(organization.name, X400_LIMITS["p"]),
+        "o": x400.organization or sanitize_x400(site.name, X400_LIMITS["o"]),
+        "s": sanitize_x400(mailbox.surname, X400_LIMITS["s"])
+        or sanitize_x400(mailbox.alias, X400_LIMITS["s"]),
+        "g": sanitize_x400(mailbox.given_name, X400_LIMITS["g"]),
+        "i": sanitize_x400(mailbox.initials, X400_LIMITS["i"]),
+    }
+    return format_x400({k: v for k, v in attributes.items() if v})
+
+
+def generated_ms(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    msmail = site.addressing.msmail
+    network = msmail.network or sanitize_ms(organization.name)
+    postoffice = msmail.postoffice or sanitize_ms(site.name)
+    return f"{network.upper()}/{postoffice.upper()}/{sanitize_ms(mailbox.alias)}"
+
+
+_GENERATORS = {
+    AddressType.SMTP: generated_smtp,
+    AddressType.X400: generated_x400,
+    AddressType.MS: generated_ms,
+}
+
+
+def proxy_addresses(
+    mailbox: Mailbox, site: Site, organization: Organization
+) -> tuple[ProxyAddress, ...]:
+    """Every address of the recipient, primaries first in type order, then secondaries.
+
+    As in Exchange, an explicit primary (upper-case type) replaces the generated one, which
+    then stays on as a secondary address. Raises AddressingError.
+    """
+    explicit_primary = {p.type for p in mailbox.proxy_addresses if p.primary}
+    generated = [
+        ProxyAddress(kind, make(mailbox, site, organization), primary=kind not in explicit_primary)
+        for kind, make in _GENERATORS.items()
+    ]
+    everything = [*generated, *mailbox.proxy_addresses]
+    primaries = sorted(p for p in everything if p.primary)
+    seen = {p.key for p in primaries}
+    secondaries = []
+    for proxy in everything:
+        if not proxy.primary and proxy.key not in seen:
+            seen.add(proxy.key)
+            secondaries.append(proxy)
+    return (*primaries, *secondaries)
