@@ -26,7 +26,9 @@ app = typer.Typer(
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-Specs = Annotated[list[Path], typer.Argument(help="Organization spec files (YAML).", show_default=False)]
+Specs = Annotated[
+    list[Path], typer.Argument(help="Organization spec files (YAML).", show_default=False)
+]
 
 
 class OutputFormat(enum.StrEnum):
@@ -39,7 +41,8 @@ class OutputFormat(enum.StrEnum):
 def validate(
     specs: Specs,
     output: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="text, json, or GitHub Actions annotations.")
+        OutputFormat,
+        typer.Option("--format", "-f", help="text, json, or GitHub Actions annotations."),
     ] = OutputFormat.TEXT,
 ) -> None:
     """Check specs: every problem at once, each at FILE:LINE:COL. Exit 1 on any error."""
@@ -65,7 +68,9 @@ def schema() -> None:
 @app.command()
 def fmt(
     specs: Specs,
-    check: Annotated[bool, typer.Option("--check", help="Change nothing; exit 1 if a file would change.")] = False,
+    check: Annotated[
+        bool, typer.Option("--check", help="Change nothing; exit 1 if a file would change.")
+    ] = False,
 ) -> None:
     """Rewrite specs in canonical form, keeping comments."""
     changed, failed = [], False
@@ -74,7 +79,10 @@ def fmt(
             text = path.read_text(encoding="utf-8")
             formatted = format_spec(text)
         except (OSError, UnicodeDecodeError) as exc:
-            err.print(f"{path}:1:1: error: cannot read: {getattr(exc, 'strerror', None) or exc}", markup=False)
+            err.print(
+                f"{path}:1:1: error: cannot read: {getattr(exc, 'strerror', None) or exc}",
+                markup=False,
+            )
             failed = True
             continue
         except YamlSyntaxError as exc:

@@ -45,7 +45,9 @@ def summary(spec: LoadedSpec) -> str:
 
 def render_text(report: ValidationReport) -> list[tuple[str, str]]:
     """Lines with their style: diagnostics, a summary per valid spec, the verdict."""
-    lines = [(str(d), "red" if d.severity is Severity.ERROR else "yellow") for d in report.diagnostics]
+    lines = [
+        (str(d), "red" if d.severity is Severity.ERROR else "yellow") for d in report.diagnostics
+    ]
     if report.valid:
         lines += [(summary(spec), "") for spec in report.specs]
     verdict = (
@@ -75,7 +77,7 @@ def render_json(report: ValidationReport) -> str:
 
 
 def _escape_data(text: str) -> str:
-    # GitHub Actions workflow commands: %, CR and LF are escaped in data, also : and , in properties.
+    # GitHub Actions workflow commands escape %, CR and LF in data; : and , too in properties.
     return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from ruamel.yaml import YAML, CommentedMap, CommentedSeq
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError
 
 from mailwright.schema.annotations import item_of, model_of

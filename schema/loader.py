@@ -33,7 +33,7 @@ from mailwright.schema.models import (
     Pop3Overrides,
 )
 from mailwright.schema.semantics import Related, check_organization
-from mailwright.schema.yamlsource import YamlSyntaxError, YamlSource
+from mailwright.schema.yamlsource import YamlSource, YamlSyntaxError
 
 _MAILBOXES = TypeAdapter(list[Mailbox])
 CSV_COLUMNS = [f for f in Mailbox.model_fields if f != "protocols"] + [

@@ -143,7 +143,8 @@ def _check_connector(self: Checker, path: SpecPath, server: Server) -> None:
             self.error(
                 (*ims_path, "address_spaces", k, "scope"),
                 "scope-without-location",
-                f"server '{server.name}' has no location, so a location-scoped address space reaches no one",
+                f"server '{server.name}' has no location, "
+                "so a location-scoped address space reaches no one",
             )
     for k, domain in enumerate(server.ims.domains or ()):
         if domain not in self.spec.organization.domains:
@@ -164,7 +165,8 @@ def _check_connector(self: Checker, path: SpecPath, server: Server) -> None:
         self.warn(
             (*ims_path, "retry", "give_up"),
             "give-up-too-soon",
-            f"giving up after {retry.give_up}s is sooner than the 4-5 days RFC 5321 §4.5.4.1 asks for",
+            f"giving up after {retry.give_up}s is sooner than "
+            "the 4-5 days RFC 5321 §4.5.4.1 asks for",
         )
 
 
@@ -259,8 +261,8 @@ def _check_inbound(self: Checker) -> None:
 
 def _check_zones(self: Checker) -> None:
     dns_servers: dict[str, Server] = {}
-    for _, _, server in self.servers():
-        dns_servers.setdefault(server.name.casefold(), server)
+    for _, _, each in self.servers():
+        dns_servers.setdefault(each.name.casefold(), each)
     for i, zone in enumerate(self.spec.dns):
         path: SpecPath = ("dns", i)
         if zone.domain not in self.spec.organization.domains:
@@ -277,7 +279,8 @@ def _check_zones(self: Checker) -> None:
                 self.error(
                     (*path, "nameservers", k),
                     "unknown-server",
-                    f"nameserver '{ns}' is neither a server of this organization nor an external host name ending in '.'",
+                    f"nameserver '{ns}' is neither a server of this organization "
+                    "nor an external host name ending in '.'",
                 )
             elif Role.DNS not in server.roles:
                 self.error(

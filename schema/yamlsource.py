@@ -128,5 +128,5 @@ def _child(node: yaml.Node | None, step: str | int, want_key: bool) -> yaml.Node
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             if isinstance(key_node, yaml.ScalarNode) and key_node.value == str(step):
-                return key_node if want_key else value_node  # type: ignore[no-any-return]
+                return key_node if want_key else value_node
     return None
