@@ -10,8 +10,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from mailwright.compiler.build import compile_specs
 from mailwright.compiler.report import ValidationReport, render_github, render_json, render_text
-from mailwright.schema import check_specs
+from mailwright.compiler.route import RouteError, explain_route
+from mailwright.compiler.route_report import render_route, render_route_json
+from mailwright.schema import LoadedSpec, Severity, check_specs
 from mailwright.schema.fmt import format_spec
 from mailwright.schema.jsonschema import spec_json_schema_text
 from mailwright.schema.passwords import hash_password
@@ -57,6 +60,55 @@ def validate(
         for text, style in render_text(report):
             out.print(text, style=style or None, markup=False)
     raise typer.Exit(0 if report.valid else 1)
+
+
+def _load(specs: list[Path]) -> list[LoadedSpec]:
+    """Valid organizations, or the diagnostics and exit 1; warnings go to stderr either way."""
+    loaded, diagnostics = check_specs(specs)
+    for diagnostic in diagnostics:
+        color = "red" if diagnostic.severity is Severity.ERROR else "yellow"
+        err.print(str(diagnostic), style=color, markup=False)
+    if any(d.severity is Severity.ERROR for d in diagnostics):
+        raise typer.Exit(1)
+    return loaded
+
+
+@app.command("compile")
+def compile_command(
+    specs: Specs,
+    out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("build"),
+) -> None:
+    """Compile specs into GAL, GWART, zone files and per-host configs under DIR/<org>/."""
+    for artifacts in compile_specs(_load(specs), out_dir):
+        hosts = sum(name.startswith("hosts/") for name in artifacts.files)
+        zones = sum(name.startswith("zones/") for name in artifacts.files)
+        out.print(
+            f"{out_dir / artifacts.organization}: gal.json, gwart.json, gwart.txt, "
+            f"{hosts} host configs, {zones} zones",
+            markup=False,
+        )
+
+
+@app.command()
+def route(
+    address: Annotated[str, typer.Argument(help="user@domain, c=..;.. (X.400) or NET/PO/BOX.")],
+    from_server: Annotated[str, typer.Option("--from", help="The server the message starts on.")],
+    specs: Specs,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    message_id: Annotated[str, typer.Option(help="Spreads equal routes as the MTA would.")] = "",
+) -> None:
+    """Explain how a message to ADDRESS is routed from a server. Exit 1 when not routable."""
+    try:
+        result = explain_route(_load(specs), address, from_server, message_id)
+    except RouteError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(render_route_json(result))
+    else:
+        for line in render_route(result):
+            out.print(line, markup=False)
+    raise typer.Exit(0 if result.routable else 1)
 
 
 @app.command()

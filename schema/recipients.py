@@ -36,13 +36,28 @@ def generated_smtp(mailbox: Mailbox, site: Site, organization: Organization) -> 
     return f"{local}@{domain.lower()}"
 
 
-def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+def site_x400(site: Site, organization: Organization) -> dict[str, str]:
+    """The site's X.400 originator attributes, which every recipient's address starts with."""
     x400 = site.addressing.x400
-    attributes = {
+    return {
         "c": x400.country.upper(),
         "a": x400.admd,
         "p": x400.prmd or sanitize_x400(organization.name, X400_LIMITS["p"]),
         "o": x400.organization or sanitize_x400(site.name, X400_LIMITS["o"]),
+    }
+
+
+def site_msmail(site: Site, organization: Organization) -> str:
+    """The site's MS Mail NETWORK/POSTOFFICE."""
+    msmail = site.addressing.msmail
+    network = msmail.network or sanitize_ms(organization.name)
+    postoffice = msmail.postoffice or sanitize_ms(site.name)
+    return f"{network.upper()}/{postoffice.upper()}"
+
+
+def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    attributes = {
+        **site_x400(site, organization),
         "s": sanitize_x400(mailbox.surname, X400_LIMITS["s"])
         or sanitize_x400(mailbox.alias, X400_LIMITS["s"]),
         "g": sanitize_x400(mailbox.given_name, X400_LIMITS["g"]),
@@ -52,10 +67,7 @@ def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> 
 
 
 def generated_ms(mailbox: Mailbox, site: Site, organization: Organization) -> str:
-    msmail = site.addressing.msmail
-    network = msmail.network or sanitize_ms(organization.name)
-    postoffice = msmail.postoffice or sanitize_ms(site.name)
-    return f"{network.upper()}/{postoffice.upper()}/{sanitize_ms(mailbox.alias)}"
+    return f"{site_msmail(site, organization)}/{sanitize_ms(mailbox.alias)}"
 
 
 _GENERATORS = {

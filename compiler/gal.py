@@ -1,0 +1,82 @@
+"""The Global Address List: every recipient of an organization and all its addresses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailwright.compiler.inheritance import effective_pop3
+from mailwright.schema import LoadedSpec
+from mailwright.schema.addressing import AddressType, ProxyAddress
+from mailwright.schema.models import Mailbox, Pop3Settings
+
+
+@dataclass(frozen=True)
+class GalEntry:
+    alias: str
+    display_name: str
+    site: str
+    home_server: str
+    proxies: tuple[ProxyAddress, ...]
+    pop3: Pop3Settings
+    mailbox: Mailbox
+
+    def primary(self, kind: AddressType) -> str:
+        return next(p.address for p in self.proxies if p.primary and p.type is kind)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "alias": self.alias,
+            "display_name": self.display_name,
+            "site": self.site,
+            "home_server": self.home_server,
+            "primary": {kind.value: self.primary(kind) for kind in AddressType},
+            "secondary": [str(p) for p in self.proxies if not p.primary],
+            "protocols": {"pop3": self.pop3.model_dump(mode="json")},
+            "size_limit": self.mailbox.size_limit,
+        }
+
+
+@dataclass(frozen=True)
+class Gal:
+    organization: str
+    entries: tuple[GalEntry, ...]
+    _index: dict[tuple[AddressType, str], GalEntry] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        index = {p.key: e for e in self.entries for p in e.proxies}
+        object.__setattr__(self, "_index", index)
+
+    def lookup(self, kind: AddressType, address: str) -> GalEntry | None:
+        """Proxy addresses compare case-insensitively, across every type."""
+        return self._index.get((kind, address.casefold()))
+
+    def __iter__(self) -> Iterator[GalEntry]:
+        return iter(self.entries)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "organization": self.organization,
+            "recipients": [e.as_json() for e in self.entries],
+        }
+
+
+def build_gal(loaded: LoadedSpec) -> Gal:
+    homes = {s.name.casefold(): (site, s) for site in loaded.spec.sites for s in site.servers}
+    entries = []
+    for mailbox, proxies in zip(loaded.mailboxes, loaded.proxies, strict=True):
+        site, server = homes[mailbox.home_server.casefold()]
+        entries.append(
+            GalEntry(
+                alias=mailbox.alias,
+                display_name=mailbox.display,
+                site=site.name,
+                home_server=server.name,
+                proxies=proxies,
+                pop3=effective_pop3(site, server, mailbox.protocols.pop3),
+                mailbox=mailbox,
+            )
+        )
+    entries.sort(key=lambda e: e.alias.casefold())
+    return Gal(loaded.name, tuple(entries))
