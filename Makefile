@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml schema compiler runtime | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
+SEED := examples/seed/dcnw.yaml examples/seed/minasi.yaml
+
 demo: $(STAMP)
-	$(BIN)/mailwright validate examples/seed/dcnw.yaml examples/seed/minasi.yaml examples/multisite/contoso.yaml
+	$(BIN)/mailwright validate $(SEED) examples/multisite/contoso.yaml
+	$(BIN)/mailwright compile $(SEED) --out build
+	cat build/DCNW/gwart.txt
+	$(BIN)/mailwright route mark@minasi.com --from athena $(SEED)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

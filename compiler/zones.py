@@ -18,7 +18,6 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
-import dns.rdtypes.ANY.CNAME
 import dns.rdtypes.ANY.MX
 import dns.rdtypes.ANY.NS
 import dns.rdtypes.IN.SRV
@@ -245,10 +244,10 @@ def _sorted(records: Iterable[_Record]) -> tuple[_Record, ...]:
     return tuple(sorted(set(records), key=_sort_key))
 
 
-def _sort_key(record: _Record) -> tuple[tuple[tuple[int, int, str], ...], str, bytes]:
+def _sort_key(record: _Record) -> tuple[tuple[tuple[int, int, bytes], ...], str, bytes]:
     """By name (parents before children, RFC 4034 §6.1; numeric labels by number), type, value."""
-    labels = [label.decode().lower() for label in reversed(record.owner.labels)]
-    name = tuple((0, int(x), "") if x.isdigit() else (1, 0, x) for x in labels)
+    labels = [label.lower() for label in reversed(record.owner.labels)]
+    name = tuple((0, int(x), b"") if x.isdigit() else (1, 0, x) for x in labels)
     # RFC 4034 §6.3: within an RRset, by the canonical wire form (MX preference numerically).
     return name, record.type, record.rdata.to_digestable()
 
@@ -289,13 +288,13 @@ def _targets_without_address(zone: _ZoneData) -> Iterator[str]:
 
 
 def _target(rdata: dns.rdata.Rdata) -> dns.name.Name | None:
+    """The host an MX, NS or SRV record points at; SRV's "." means no service (RFC 2782)."""
+    target: dns.name.Name | None = None
     if isinstance(rdata, dns.rdtypes.ANY.MX.MX):
-        return rdata.exchange
-    if isinstance(rdata, dns.rdtypes.ANY.NS.NS):
-        return rdata.target
-    if isinstance(rdata, dns.rdtypes.IN.SRV.SRV) and rdata.target != dns.name.root:
-        return rdata.target
-    return None
+        target = rdata.exchange
+    elif isinstance(rdata, dns.rdtypes.ANY.NS.NS | dns.rdtypes.IN.SRV.SRV):
+        target = rdata.target
+    return None if target == dns.name.root else target
 
 
 def _owner_text(zone: _ZoneData, record: _Record) -> str:
@@ -361,6 +360,7 @@ def _render(zone: _ZoneData, serial: int) -> str:
         _environment()
         .get_template("zone.j2")
         .render(
+            name=zone.name,
             origin=zone.origin.to_text(),
             ttl=zone.ttl,
             soa=zone.soa,

@@ -36,7 +36,7 @@ class CsvSource:
     def read(
         self, known: list[str], defaults: dict[str, Any]
     ) -> tuple[list[dict[str, Any]], list[Problem]]:
-        """The rows as nested mappings for pydantic, and the header's problems."""
+        """The rows as nested mappings for pydantic, and the problems of the file's shape."""
         reader = csv.reader(io.StringIO(self.text, newline=""))
         self.columns = next(reader, [])
         problems = [
@@ -48,12 +48,23 @@ class CsvSource:
             for c, name in enumerate(self.columns)
             if name not in known
         ]
-        rows = []
+        # Unknown columns are reported once, in the header, not again in every row.
+        unknown = {name for name in self.columns if name not in known}
+        rows: list[dict[str, Any]] = []
         line = reader.line_num
         for cells in reader:
             if cells:
+                if len(cells) > len(self.columns):
+                    problems.append(
+                        Problem(
+                            ("rows", len(rows)),
+                            "extra-cells",
+                            f"row has {len(cells)} cells but the header names "
+                            f"{len(self.columns)} columns",
+                        )
+                    )
                 self.row_lines.append(line + 1)
-                rows.append(_nest(self.columns, cells, defaults))
+                rows.append(_nest(self.columns, cells, defaults, unknown))
             line = reader.line_num
         return rows, problems
 
@@ -75,10 +86,12 @@ class CsvSource:
         return self.text.splitlines()
 
 
-def _nest(columns: list[str], cells: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
+def _nest(
+    columns: list[str], cells: list[str], defaults: dict[str, Any], skip: set[str]
+) -> dict[str, Any]:
     row: dict[str, Any] = dict(defaults)
     for name, cell in zip(columns, cells, strict=False):
-        if cell == "":
+        if cell == "" or name in skip:
             continue
         value: Any = cell.split(MULTI_VALUE_SEPARATOR) if name in MULTI_VALUED else cell
         target = row

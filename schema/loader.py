@@ -108,9 +108,13 @@ def load_specs(paths: Iterable[str | Path]) -> list[LoadedSpec]:
 def check_specs(paths: Iterable[str | Path]) -> tuple[list[LoadedSpec], list[Diagnostic]]:
     """The organizations that loaded, and every diagnostic of all of them, sorted.
 
-    Organizations meant to run together must not clash with each other.
+    Organizations meant to run together must not clash with each other. A file named twice
+    (`*.yaml` and then one of them again) is loaded once rather than clashing with itself.
     """
-    results = [_load(Path(p)) for p in paths]
+    unique: dict[Path, Path] = {}
+    for path in paths:
+        unique.setdefault(Path(path).resolve(), Path(path))
+    results = [_load(path) for path in unique.values()]
     diagnostics = [d for _, found in results for d in found]
     loaded = [spec for spec, _ in results if spec is not None]
     diagnostics += _check_together(loaded)
@@ -169,6 +173,12 @@ def _parse(work: _Load) -> Any:
         data = YamlSource(name, text).load()
     except YamlSyntaxError as exc:
         work.located.append(_at(name, exc.line, exc.column, "yaml-syntax", exc.message))
+        return None
+    if data is None:
+        # An empty file (or only comments) is no organization, not a valid one.
+        work.located.append(
+            _at(name, 1, 1, "empty", "the spec is empty: it needs organization and sites")
+        )
         return None
     work.yaml = YamlSource(name, text)
     return data

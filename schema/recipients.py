@@ -56,10 +56,18 @@ def site_msmail(site: Site, organization: Organization) -> str:
 
 
 def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    surname = sanitize_x400(mailbox.surname, X400_LIMITS["s"]) or sanitize_x400(
+        mailbox.alias, X400_LIMITS["s"]
+    )
+    if not surname:
+        # An X.400 address without s= (or cn=) is no address at all.
+        raise AddressingError(
+            f"mailbox '{mailbox.alias}' has neither a surname nor an alias that can be "
+            "an X.400 surname (letters, digits, spaces and '()+,-./:?)"
+        )
     attributes = {
         **site_x400(site, organization),
-        "s": sanitize_x400(mailbox.surname, X400_LIMITS["s"])
-        or sanitize_x400(mailbox.alias, X400_LIMITS["s"]),
+        "s": surname,
         "g": sanitize_x400(mailbox.given_name, X400_LIMITS["g"]),
         "i": sanitize_x400(mailbox.initials, X400_LIMITS["i"]),
     }
@@ -67,7 +75,13 @@ def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> 
 
 
 def generated_ms(mailbox: Mailbox, site: Site, organization: Organization) -> str:
-    return f"{site_msmail(site, organization)}/{sanitize_ms(mailbox.alias)}"
+    name = sanitize_ms(mailbox.alias)
+    if not name:
+        raise AddressingError(
+            f"alias '{mailbox.alias}' gives no MS Mail mailbox name "
+            "(it needs a letter, digit, '-' or '_')"
+        )
+    return f"{site_msmail(site, organization)}/{name}"
 
 
 _GENERATORS = {

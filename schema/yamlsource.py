@@ -89,6 +89,10 @@ def parse_yaml(text: str) -> Any:
         problem = exc.problem or "invalid YAML"
         context = f" ({exc.context})" if exc.context and exc.problem else ""
         line, column = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        lines = text.splitlines()
+        if line <= len(lines) and lines[line - 1][column - 1 : column] == "\t":
+            # libyaml does not name the character; a tab is the usual one (YAML 1.2 §6.1).
+            problem, context = "a tab character: YAML indents with spaces only", ""
         raise YamlSyntaxError(f"YAML syntax: {problem}{context}", line, column) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(f"YAML syntax: {exc}", 1, 1) from exc
