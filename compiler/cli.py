@@ -14,6 +14,7 @@ from mailwright.compiler.build import compile_specs
 from mailwright.compiler.report import ValidationReport, render_github, render_json, render_text
 from mailwright.compiler.route import RouteError, explain_route
 from mailwright.compiler.route_report import render_route, render_route_json
+from mailwright.compiler.zones import ZoneError
 from mailwright.schema import LoadedSpec, Severity, check_specs
 from mailwright.schema.fmt import format_spec
 from mailwright.schema.jsonschema import spec_json_schema_text
@@ -79,7 +80,12 @@ def compile_command(
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("build"),
 ) -> None:
     """Compile specs into GAL, GWART, zone files and per-host configs under DIR/<org>/."""
-    for artifacts in compile_specs(_load(specs), out_dir):
+    try:
+        compiled = compile_specs(_load(specs), out_dir)
+    except ZoneError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    for artifacts in compiled:
         hosts = sum(name.startswith("hosts/") for name in artifacts.files)
         zones = sum(name.startswith("zones/") for name in artifacts.files)
         out.print(
@@ -100,7 +106,7 @@ def route(
     """Explain how a message to ADDRESS is routed from a server. Exit 1 when not routable."""
     try:
         result = explain_route(_load(specs), address, from_server, message_id)
-    except RouteError as exc:
+    except (RouteError, ZoneError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     if as_json:

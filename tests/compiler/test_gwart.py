@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailwright.compiler.gwart import FitKind, Gwart, Route, fit
+from mailwright.compiler.gwart import FitKind, Gwart, Route, build_gwart, fit
+from mailwright.schema import load_specs
 from mailwright.schema.addressing import AddressType
 from mailwright.schema.models import Scope
 
@@ -122,3 +125,23 @@ def test_equal_routes_are_all_used_across_messages() -> None:
     routes = [route(SMTP, "*", "gw1"), route(SMTP, "*", "gw2")]
     chosen = {choose(routes, SMTP, "x@example.org", mid=f"<{n}@dcnw.com>") for n in range(50)}
     assert chosen == {"gw1", "gw2"}
+
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml"))
+GWARTS = [build_gwart(spec) for spec in load_specs(EXAMPLES)]
+LABEL = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12)
+
+
+@given(
+    st.sampled_from(GWARTS),
+    st.builds(lambda u, d: f"{u}@{'.'.join(d)}", LABEL, st.lists(LABEL, min_size=2, max_size=4)),
+    st.text(max_size=20),
+)
+def test_every_routable_address_selects_a_route_of_the_table(
+    gwart: Gwart, address: str, message_id: str
+) -> None:
+    for site in {r.site for r in gwart.routes} | {""}:
+        selection = gwart.select(SMTP, address, site, "", message_id=message_id)
+        if selection.chosen is not None:
+            assert selection.chosen in gwart.routes
+            assert fit(SMTP, selection.chosen.address_space, address) is not None

@@ -1,0 +1,503 @@
+"""How long loading and compiling take, and how much memory they need, as organizations grow.
+
+For each size (1k, 10k, 100k mailboxes by default) it writes a synthetic organization to a
+temporary directory in two forms: every mailbox in one YAML file ("yaml"), and the mailboxes in
+CSV files brought in through `directory_import`, one a site ("csv"). Sites hold 10 servers, all
+stores; the first site's first two are IMS gateways too and its third the DNS server of the
+organization's zone. 1k mailboxes make 1 site, 10k 10 sites, 100k 100 sites and 1,000 servers.
+Every row carries the same precomputed argon2id hash: hashing is not what is measured.
+
+Each (size, form) runs in a fresh child process (this script with --child), so neither time nor
+memory carries over: `mailwright.schema.load_spec` (parse and validate: "load+validate"), then
+`mailwright.compiler.build.compile_specs` into a temporary directory. The child reports the
+seconds of each phase and its peak resident set size (getrusage ru_maxrss) after imports, after
+loading and at the end. The targets are printed next to the figures.
+
+Run: .venv/bin/python benchmarks/compile_scale.py [--sizes 1000,10000,100000] [--all]
+     .venv/bin/python benchmarks/compile_scale.py --profile csv:100000   # cProfile, top hotspots
+A script that prints figures, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import argon2
+
+DOMAIN = "scale.example"
+SERVERS_PER_SITE = 10
+MAX_SITES = 100
+CSV_HEADER = "alias,given_name,surname,home_server,password\n"
+FORMS = ("csv", "yaml")
+Form = Literal["csv", "yaml"]
+
+# The targets: 100k mailboxes imported from CSV load, validate and compile within 5 s and 1 GiB;
+# 10k mailboxes in one YAML file within 3 s; 10 times the mailboxes at most 12 times the time.
+TARGET_CSV_SIZE, TARGET_CSV_SECONDS, TARGET_CSV_MIB = 100_000, 5.0, 1024.0
+TARGET_YAML_SIZE, TARGET_YAML_SECONDS = 10_000, 3.0
+TARGET_GROWTH_FROM, TARGET_GROWTH_TO, TARGET_GROWTH = 10_000, 100_000, 12.0
+# The one-YAML-file form of 100k is measured by default only when the 10k figures promise it
+# within this many seconds (generation, load and compile together); --all measures it anyway.
+BIG_YAML_SIZE, BIG_YAML_BUDGET = 100_000, 30.0
+
+GIVEN = ("Jane", "Mark", "Paula", "Oliver", "Amelia", "Naomi", "Kenji", "Alex", "Allan", "Rosa")
+SURNAMES = ("Doe", "Minasi", "Reyes", "Bennett", "Clarke", "Kobayashi", "Tanaka", "Wilber")
+
+T = TypeVar("T")
+
+
+# --- the synthetic organization -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shape:
+    mailboxes: int
+    sites: int
+
+    @property
+    def servers(self) -> int:
+        return self.sites * SERVERS_PER_SITE
+
+
+def shape_for(mailboxes: int) -> Shape:
+    """One site per 1,000 mailboxes, at least 1 and at most 100 (1,000 servers)."""
+    return Shape(mailboxes, min(MAX_SITES, max(1, mailboxes // 1000)))
+
+
+def server_name(site: int, index: int) -> str:
+    return f"s{site:03d}-srv{index:02d}"
+
+
+def _server_yaml(site: int, index: int) -> str:
+    name = server_name(site, index)
+    roles = ["store"]
+    if site == 0 and index < 2:
+        roles.append("ims")
+    if site == 0 and index == 2:
+        roles.append("dns")
+    text = (
+        f"      - name: {name}\n"
+        f"        fqdn: {name}.{DOMAIN}\n"
+        f"        ipv4: 10.{site // 250}.{site % 250}.{10 + index}\n"
+        f"        roles: [{', '.join(roles)}]\n"
+    )
+    if "ims" in roles:
+        # The second gateway is the dearer fallback, as London's is in examples/multisite.
+        text += (
+            "        ims:\n"
+            "          address_spaces:\n"
+            f"            - {{type: SMTP, pattern: '*', cost: {1 + 4 * index}}}\n"
+            "          relay:\n"
+            "            networks: [10.0.0.0/8]\n"
+        )
+    return text
+
+
+def _organization_yaml(shape: Shape, form: Form) -> str:
+    parts = [
+        f"# Synthetic organization for benchmarks/compile_scale.py: {shape.mailboxes} mailboxes,\n"
+        f"# {shape.sites} sites, {shape.servers} servers ({form}).\n",
+        "organization:\n  name: Scale\n",
+        f"  domains: [{DOMAIN}]\n",
+        "sites:\n",
+    ]
+    for site in range(shape.sites):
+        parts.append(
+            f"  - name: site-{site:03d}\n"
+            "    addressing:\n"
+            f"      smtp: '%g.%s@{DOMAIN}'\n"
+            "    protocols:\n"
+            "      pop3: {enabled: true, message_format: mime}\n"
+            "    servers:\n"
+        )
+        parts += [_server_yaml(site, index) for index in range(SERVERS_PER_SITE)]
+    parts.append(
+        f"dns:\n  - domain: {DOMAIN}\n    nameservers: [{server_name(0, 2)}]\n"
+        "    records:\n      - {name: www, type: A, value: 192.0.2.80}\n"
+    )
+    return "".join(parts)
+
+
+def _mailbox(shape: Shape, i: int) -> tuple[str, str, str, str]:
+    """alias, given name, surname (unique, so `%g.%s` is too), home server; round-robin."""
+    server = i % shape.servers
+    return (
+        f"user{i:06d}",
+        GIVEN[i % len(GIVEN)],
+        f"{SURNAMES[i % len(SURNAMES)]}{i}",
+        server_name(server // SERVERS_PER_SITE, server % SERVERS_PER_SITE),
+    )
+
+
+def write_yaml_form(root: Path, shape: Shape, password: str) -> Path:
+    root.mkdir(parents=True)
+    spec = root / "scale.yaml"
+    with spec.open("w", encoding="utf-8", newline="\n") as f:
+        f.write(_organization_yaml(shape, "yaml"))
+        f.write("mailboxes:\n")
+        for i in range(shape.mailboxes):
+            alias, given, surname, home = _mailbox(shape, i)
+            f.write(
+                f"  - alias: {alias}\n    given_name: {given}\n    surname: {surname}\n"
+                f"    home_server: {home}\n    password: {password}\n"
+            )
+    return spec
+
+
+def write_csv_form(root: Path, shape: Shape, password: str) -> Path:
+    """One CSV file a site, holding the mailboxes homed on that site's servers."""
+    (root / "directory").mkdir(parents=True)
+    files = [
+        (root / "directory" / f"site-{s:03d}.csv").open("w", encoding="utf-8", newline="")
+        for s in range(shape.sites)
+    ]
+    try:
+        for f in files:
+            f.write(CSV_HEADER)
+        for i in range(shape.mailboxes):
+            alias, given, surname, home = _mailbox(shape, i)
+            site = (i % shape.servers) // SERVERS_PER_SITE
+            # The hash holds commas: quoted (RFC 4180 §2.6).
+            files[site].write(f'{alias},{given},{surname},{home},"{password}"\n')
+    finally:
+        for f in files:
+            f.close()
+    spec = root / "scale.yaml"
+    imports = "".join(f"  - path: directory/site-{s:03d}.csv\n" for s in range(shape.sites))
+    spec.write_text(
+        _organization_yaml(shape, "csv") + "directory_import:\n" + imports,
+        encoding="utf-8",
+        newline="\n",
+    )
+    return spec
+
+
+def spec_bytes(spec: Path) -> int:
+    return sum(p.stat().st_size for p in spec.parent.rglob("*") if p.is_file())
+
+
+# --- one measurement, in a child process ----------------------------------------------------
+
+
+def peak_mib() -> float:
+    """This process's peak resident set size: ru_maxrss is KiB on Linux, bytes on macOS."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _timed(work: Callable[[], T]) -> tuple[T, float]:
+    start = time.perf_counter()
+    result = work()
+    return result, time.perf_counter() - start
+
+
+def child(spec: Path, out_dir: Path) -> None:
+    """Load+validate then compile one spec; print the figures as one JSON line."""
+    from mailwright.compiler.build import compile_specs  # noqa: PLC0415 - after the baseline
+    from mailwright.schema import load_spec  # noqa: PLC0415
+
+    baseline = peak_mib()
+    loaded, load_s = _timed(lambda: load_spec(spec))
+    after_load = peak_mib()
+    artifacts, compile_s = _timed(lambda: compile_specs([loaded], out_dir))
+    figures = {
+        "load_s": load_s,
+        "compile_s": compile_s,
+        "baseline_mib": baseline,
+        "load_mib": after_load,
+        "peak_mib": peak_mib(),
+        "mailboxes": len(loaded.mailboxes),
+        "files": sum(len(a.files) for a in artifacts),
+        "warnings": len(loaded.warnings),
+    }
+    print(json.dumps(figures))
+
+
+def profile_child(spec: Path, out_dir: Path, top: int) -> None:
+    """Each phase under cProfile; the top functions by cumulative time."""
+    from mailwright.compiler.build import compile_specs  # noqa: PLC0415
+    from mailwright.schema import LoadedSpec, load_spec  # noqa: PLC0415
+
+    holder: list[LoadedSpec] = []
+    phases: list[tuple[str, Callable[[], object]]] = [
+        ("load+validate", lambda: holder.append(load_spec(spec))),
+        ("compile", lambda: compile_specs(holder, out_dir)),
+    ]
+    for name, work in phases:
+        profiler = cProfile.Profile()
+        start = time.perf_counter()
+        profiler.runcall(work)
+        elapsed = time.perf_counter() - start
+        text = io.StringIO()
+        stats = pstats.Stats(profiler, stream=text)
+        stats.sort_stats(pstats.SortKey.CUMULATIVE).print_stats(top)
+        print(f"=== {name}: {elapsed:.2f} s under cProfile ===")
+        print(_trim_stats(text.getvalue(), Path(__file__).resolve().parents[1]))
+
+
+def _trim_stats(text: str, root: Path) -> str:
+    """pstats output without its preamble, paths shortened to the repository or site-packages."""
+    lines = text.splitlines()
+    start = next((i for i, line in enumerate(lines) if "ncalls" in line), 0)
+    shortened = []
+    for line in lines[start:]:
+        line = line.replace(str(root) + os.sep, "")
+        if "site-packages" + os.sep in line:
+            head, _, tail = line.partition("site-packages" + os.sep)
+            line = head[: head.rfind(" ") + 1] + tail
+        shortened.append(line)
+    return "\n".join(shortened).rstrip() + "\n"
+
+
+# --- the parent: generate, measure, report --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    size: int
+    form: Form
+    shape: Shape
+    generate_s: float
+    spec_mib: float
+    figures: dict[str, float] | None  # None: not measured
+    note: str = ""
+
+    @property
+    def total_s(self) -> float:
+        assert self.figures is not None
+        return self.figures["load_s"] + self.figures["compile_s"]
+
+
+def _run_child(spec: Path, out_dir: Path, timeout: float | None) -> dict[str, float] | str:
+    """The child's figures, or why there are none."""
+    try:
+        done = subprocess.run(
+            [sys.executable, __file__, "--child", str(spec), str(out_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return f"skipped after {timeout:.0f} s, use --all"
+    if done.returncode != 0:
+        return "failed: " + (done.stderr.strip().splitlines() or ["?"])[-1]
+    figures: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
+def measure(
+    workdir: Path, size: int, form: Form, password: str, timeout: float | None = None
+) -> Result:
+    shape = shape_for(size)
+    root = workdir / f"{form}-{size}"
+    writer = write_csv_form if form == "csv" else write_yaml_form
+    spec, generate_s = _timed(lambda: writer(root, shape, password))
+    spec_mib = spec_bytes(spec) / (1024 * 1024)
+    outcome = _run_child(spec, workdir / f"build-{form}-{size}", timeout)
+    if isinstance(outcome, str):
+        return Result(size, form, shape, generate_s, spec_mib, None, outcome)
+    return Result(size, form, shape, generate_s, spec_mib, outcome)
+
+
+def _big_yaml_plan(results: Sequence[Result], force: bool) -> tuple[bool, float | None, str]:
+    """Whether to measure 100k in one YAML file, with what timeout, and why not."""
+    if force:
+        return True, None, ""
+    ten_k = next((r for r in results if r.size == 10_000 and r.form == "yaml" and r.figures), None)
+    if ten_k is None:
+        # Nothing to predict from: try it, but give up at the budget.
+        return True, BIG_YAML_BUDGET, ""
+    # Linear growth at best; generation included, since it is paid on every run too.
+    predicted = 10 * (ten_k.generate_s + ten_k.total_s)
+    if predicted > BIG_YAML_BUDGET:
+        return False, None, f"skipped, use --all (10k predicts ~{predicted:.0f} s)"
+    return True, 2 * BIG_YAML_BUDGET, ""
+
+
+def run_all(sizes: Sequence[int], force_all: bool) -> list[Result]:
+    password = argon2.PasswordHasher().hash("compile-scale benchmark")
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="mailwright-compile-scale-") as tmp:
+        workdir = Path(tmp)
+        for size in sorted(sizes):
+            for form in FORMS:
+                if form == "yaml" and size >= BIG_YAML_SIZE:
+                    go, timeout, why = _big_yaml_plan(results, force_all)
+                    if not go:
+                        results.append(Result(size, form, shape_for(size), 0.0, 0.0, None, why))
+                        continue
+                    results.append(measure(workdir, size, form, password, timeout))
+                else:
+                    results.append(measure(workdir, size, form, password))
+                print(_row(results[-1]), flush=True)
+    return results
+
+
+HEADER = (
+    f"{'form':<5} {'mailboxes':>9} {'sites':>5} {'servers':>7} {'spec MiB':>8} "
+    f"{'gen s':>6} {'load+validate s':>15} {'compile s':>9} {'total s':>7} "
+    f"{'RSS base':>8} {'RSS load':>8} {'RSS peak':>8}"
+)
+
+
+def _row(r: Result) -> str:
+    head = (
+        f"{r.form:<5} {r.size:>9,} {r.shape.sites:>5} {r.shape.servers:>7} "
+        f"{r.spec_mib:>8.1f} {r.generate_s:>6.2f}"
+    )
+    if r.figures is None:
+        return f"{head} {r.note}"
+    f = r.figures
+    return (
+        f"{head} {f['load_s']:>15.2f} {f['compile_s']:>9.2f} {r.total_s:>7.2f} "
+        f"{f['baseline_mib']:>8.0f} {f['load_mib']:>8.0f} {f['peak_mib']:>8.0f}"
+    )
+
+
+def _find(results: Sequence[Result], size: int, form: Form) -> Result | None:
+    return next((r for r in results if r.size == size and r.form == form and r.figures), None)
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def targets(results: Sequence[Result]) -> list[str]:
+    lines = []
+    csv_big = _find(results, TARGET_CSV_SIZE, "csv")
+    if csv_big is None or csv_big.figures is None:
+        lines.append(f"  {TARGET_CSV_SIZE:,} mailboxes (CSV import): not measured")
+    else:
+        peak = csv_big.figures["peak_mib"]
+        lines.append(
+            f"  {TARGET_CSV_SIZE:,} mailboxes (CSV import), load+validate+compile: "
+            f"{csv_big.total_s:.2f} s <= {TARGET_CSV_SECONDS:.0f} s "
+            f"{_verdict(csv_big.total_s <= TARGET_CSV_SECONDS)}; "
+            f"peak {peak:.0f} MiB <= {TARGET_CSV_MIB:.0f} MiB {_verdict(peak <= TARGET_CSV_MIB)}"
+        )
+    yaml_10k = _find(results, TARGET_YAML_SIZE, "yaml")
+    if yaml_10k is None:
+        lines.append(f"  {TARGET_YAML_SIZE:,} mailboxes in one YAML file: not measured")
+    else:
+        lines.append(
+            f"  {TARGET_YAML_SIZE:,} mailboxes in one YAML file, load+validate+compile: "
+            f"{yaml_10k.total_s:.2f} s <= {TARGET_YAML_SECONDS:.0f} s "
+            f"{_verdict(yaml_10k.total_s <= TARGET_YAML_SECONDS)}"
+        )
+    for form in FORMS:
+        small = _find(results, TARGET_GROWTH_FROM, form)
+        big = _find(results, TARGET_GROWTH_TO, form)
+        label = f"  growth {TARGET_GROWTH_FROM // 1000}k -> {TARGET_GROWTH_TO // 1000}k ({form})"
+        if small is None or big is None:
+            lines.append(f"{label}: not measured")
+            continue
+        assert small.figures is not None and big.figures is not None
+        growth = big.total_s / small.total_s
+        load = big.figures["load_s"] / small.figures["load_s"]
+        compile_ = big.figures["compile_s"] / small.figures["compile_s"]
+        lines.append(
+            f"{label}: {growth:.1f}x <= {TARGET_GROWTH:.0f}x {_verdict(growth <= TARGET_GROWTH)}"
+            f" (load+validate {load:.1f}x, compile {compile_:.1f}x)"
+        )
+    return lines
+
+
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(part.replace("_", "")) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers")
+    if not sizes or any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError("sizes are positive numbers of mailboxes")
+    return sizes
+
+
+def _profile_target(text: str) -> tuple[Form, int]:
+    form, _, size = text.partition(":")
+    if form not in FORMS or not size.isdigit():
+        raise argparse.ArgumentTypeError(f"'{text}' is not FORM:SIZE, e.g. csv:100000")
+    return ("csv" if form == "csv" else "yaml"), int(size)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--sizes",
+        type=_sizes,
+        default=[1_000, 10_000, 100_000],
+        help="comma-separated mailbox counts (default 1000,10000,100000)",
+    )
+    parser.add_argument(
+        "--all", action="store_true", help="also measure 100k mailboxes in one YAML file"
+    )
+    parser.add_argument(
+        "--profile",
+        type=_profile_target,
+        metavar="FORM:SIZE",
+        help="instead of timing, profile one case (e.g. csv:100000) and print its hotspots",
+    )
+    parser.add_argument("--top", type=int, default=25, help="hotspots to print with --profile")
+    parser.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--profile-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.child:
+        child(Path(args.child[0]), Path(args.child[1]))
+        return 0
+    if args.profile_child:
+        profile_child(Path(args.profile_child[0]), Path(args.profile_child[1]), args.top)
+        return 0
+
+    print(
+        f"mailwright compile_scale: Python {platform.python_version()} on {platform.platform()}, "
+        f"{os.cpu_count()} CPUs"
+    )
+    if args.profile:
+        form, size = args.profile
+        password = argon2.PasswordHasher().hash("compile-scale benchmark")
+        shape = shape_for(size)
+        with tempfile.TemporaryDirectory(prefix="mailwright-compile-scale-") as tmp:
+            writer = write_csv_form if form == "csv" else write_yaml_form
+            spec = writer(Path(tmp) / "spec", shape, password)
+            print(
+                f"profiling {form} {size:,} mailboxes ({shape.sites} sites, {shape.servers} servers)"
+            )
+            sys.stdout.flush()
+            command = [
+                sys.executable,
+                __file__,
+                "--profile-child",
+                str(spec),
+                str(Path(tmp) / "out"),
+            ]
+            subprocess.run([*command, "--top", str(args.top)], check=True)
+        return 0
+
+    print("times in seconds; RSS in MiB (ru_maxrss of the child: after imports, after")
+    print("load+validate, at the end); each row a fresh child process\n")
+    print(HEADER, flush=True)
+    results = run_all(args.sizes, args.all)
+    print("\ntargets")
+    for line in targets(results):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
