@@ -2,14 +2,17 @@
 
 For each size (1k, 10k, 100k mailboxes by default) it writes a synthetic organization to a
 temporary directory twice: once with every mailbox in the YAML file, once with the mailboxes in
-CSV files imported through `directory_import` (one a site). Each load runs in a fresh child
-process, so neither time nor peak memory carries over from one measurement to the next, and
-prints parse + validate time (`mailwright.schema.load_spec`, in-process in the child) and the
-child's peak resident set size. The `mailwright validate` command is also timed as a subprocess,
-start-up included, on the 10k specs; the issue's target is at most 2 s for the 10k YAML.
+CSV files imported through `directory_import` (one a site). Every load runs in a fresh child
+process, so neither time nor memory carries over from one measurement to the next. It prints
+the parse + validate time (`mailwright.schema.load_spec` called in the child), the child's peak
+resident set size, and, from one more run under tracemalloc, the peak of Python allocations
+during the load. It also times the `mailwright validate` command as a subprocess, start-up
+included, on the 10k specs: the issue's target is at most 2 s for the 10k YAML.
+
+One argon2id hash is made once and used by every mailbox: hashing 100,000 would take hours.
 
 Run: .venv/bin/python benchmarks/load_scale.py [--sizes 1000 10000 100000] [--repeat 3]
-A script that prints figures, not a test.
+     [--keep DIR]. A script that prints figures, not a test.
 """
 
 from __future__ import annotations
@@ -98,7 +101,6 @@ def _mailboxes(shape: Shape) -> list[Mailbox]:
 
 def _organization_yaml(shape: Shape, imports: list[str]) -> str:
     out = [
-        "# yaml-language-server: $schema=../../schema/mailwright.schema.json\n",
         f"organization:\n  name: Bench\n  domains: [{DOMAIN}]\n",
         "sites:\n",
     ]
@@ -286,14 +288,14 @@ def main() -> None:
         print(json.dumps(measure(args.measure, args.traced)))
         return
 
-    # One hash for every mailbox: hashing 100,000 passwords with argon2id would take hours.
+    # One hash for every mailbox (argon2id is slow on purpose).
     password = argon2.PasswordHasher().hash("benchmark")
     results: list[Result] = []
     cli_rows: list[tuple[str, float, int]] = []
     with tempfile.TemporaryDirectory(prefix="mailwright-bench-") as tmp:
         root = args.keep or Path(tmp)
-        startup, _ = _wall([*_cli(), "--help"], args.repeat)
-        cli_rows.append(("mailwright --help (start-up only)", startup, 0))
+        startup, code = _wall([*_cli(), "--help"], args.repeat)
+        cli_rows.append(("mailwright --help (start-up only)", startup, code))
         for size in args.sizes:
             shape = shape_for(size)
             specs = write_specs(shape, root / str(size), password)
@@ -344,12 +346,13 @@ def _print(results: list[Result], cli_rows: list[tuple[str, float, int]]) -> Non
     print("mailwright command, wall time of a subprocess (best run)")
     for label, seconds, code in cli_rows:
         print(f"  {label:<48} {seconds:>6.2f} s  (exit {code})")
-    target = [s for label, s, _ in cli_rows if label.endswith("mailboxes, yaml")]
+    target = [(s, code) for label, s, code in cli_rows if label.endswith("mailboxes, yaml")]
     if target:
-        verdict = "meets" if target[0] <= TARGET_SECONDS else "MISSES"
+        seconds, code = target[0]
+        verdict = "meets" if seconds <= TARGET_SECONDS and code == 0 else "MISSES"
         print(
             f"\ntarget: a {TARGET_SIZE:,}-mailbox YAML spec validates in at most "
-            f"{TARGET_SECONDS:.0f} s: {verdict} it ({target[0]:.2f} s)"
+            f"{TARGET_SECONDS:.0f} s: {verdict} it ({seconds:.2f} s, exit {code})"
         )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -11,6 +13,7 @@ import typer
 from rich.console import Console
 
 from mailwright.compiler.build import compile_specs
+from mailwright.compiler.graph import render_dot
 from mailwright.compiler.report import ValidationReport, render_github, render_json, render_text
 from mailwright.compiler.route import RouteError, explain_route
 from mailwright.compiler.route_report import render_route, render_route_json
@@ -115,6 +118,64 @@ def route(
         for line in render_route(result):
             out.print(line, markup=False)
     raise typer.Exit(0 if result.routable else 1)
+
+
+GRAPH_FORMATS = ("dot", "svg", "png")
+
+
+@app.command()
+def graph(
+    specs: Specs,
+    out_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Write FILE instead of printing DOT: .dot as text, .svg/.png through Graphviz.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Draw organizations as a Graphviz picture: sites, servers, connectors, the Internet."""
+    kind = out_file.suffix.lower().lstrip(".") if out_file else "dot"
+    if kind not in GRAPH_FORMATS:
+        raise typer.BadParameter(
+            f"'{out_file}' must end in .dot, .svg or .png", param_hint="'--out'"
+        )
+    text = render_dot(_load(specs))
+    if out_file is None:
+        sys.stdout.write(text)
+        return
+    if kind == "dot":
+        try:
+            out_file.write_text(text, encoding="utf-8", newline="\n")
+        except OSError as exc:
+            err.print(f"error: cannot write {out_file}: {exc.strerror}", markup=False)
+            raise typer.Exit(1) from None
+    else:
+        _run_dot(kind, text, out_file)
+    out.print(f"wrote {out_file}", markup=False)
+
+
+def _run_dot(kind: str, text: str, out_file: Path) -> None:
+    dot = shutil.which("dot")
+    if dot is None:
+        err.print(
+            f"error: writing {out_file} needs Graphviz's `dot` on PATH "
+            "(e.g. `apt-get install graphviz`); or write --out FILE.dot",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    result = subprocess.run(
+        [dot, f"-T{kind}", "-o", str(out_file)],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        err.print(f"error: dot failed: {result.stderr.strip()}", markup=False)
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from mailwright.compiler.inheritance import effective_pop3
+from mailwright.compiler.inheritance import effective_pop3, server_pop3
 from mailwright.schema import LoadedSpec
 from mailwright.schema.addressing import AddressType, ProxyAddress
 from mailwright.schema.models import Mailbox, Pop3Settings
@@ -25,7 +26,9 @@ class GalEntry:
     def primary(self, kind: AddressType) -> str:
         return next(p.address for p in self.proxies if p.primary and p.type is kind)
 
-    def as_json(self) -> dict[str, Any]:
+    @functools.cached_property
+    def record(self) -> dict[str, Any]:
+        """The entry as JSON data, made once: gal.json and host configs both carry it."""
         return {
             "alias": self.alias,
             "display_name": self.display_name,
@@ -58,15 +61,24 @@ class Gal:
     def as_json(self) -> dict[str, Any]:
         return {
             "organization": self.organization,
-            "recipients": [e.as_json() for e in self.entries],
+            "recipients": [e.record for e in self.entries],
         }
+
+    def homed_on(self) -> dict[str, list[GalEntry]]:
+        """Entries grouped by home server."""
+        groups: dict[str, list[GalEntry]] = {}
+        for entry in self.entries:
+            groups.setdefault(entry.home_server, []).append(entry)
+        return groups
 
 
 def build_gal(loaded: LoadedSpec) -> Gal:
     homes = {s.name.casefold(): (site, s) for site in loaded.spec.sites for s in site.servers}
+    inherited = {name: server_pop3(site, server) for name, (site, server) in homes.items()}
     entries = []
     for mailbox, proxies in zip(loaded.mailboxes, loaded.proxies, strict=True):
         site, server = homes[mailbox.home_server.casefold()]
+        overrides = mailbox.protocols.pop3
         entries.append(
             GalEntry(
                 alias=mailbox.alias,
@@ -74,7 +86,9 @@ def build_gal(loaded: LoadedSpec) -> Gal:
                 site=site.name,
                 home_server=server.name,
                 proxies=proxies,
-                pop3=effective_pop3(site, server, mailbox.protocols.pop3),
+                pop3=effective_pop3(site, server, overrides)
+                if overrides.model_fields_set
+                else inherited[server.name.casefold()],
                 mailbox=mailbox,
             )
         )

@@ -15,7 +15,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from mailwright.schema import LoadedSpec, Server, Site
-from mailwright.schema.models import AddressSpace, ImsConnector, Role
+from mailwright.schema.models import AddressSpace, ImsConnector, Role, Scope
 
 INTERNET = "internet"
 INDENT = "  "
@@ -44,7 +44,7 @@ def quote(text: str) -> str:
 
 
 def _attrs(**attrs: str | int) -> str:
-    """`[a="x", b=2]`, keys in the order given (always the same order, so stable output)."""
+    """`[a="x", b="2"]`, keys in the order given (always the same order, so stable output)."""
     return "[" + ", ".join(f"{k}={quote(str(v))}" for k, v in attrs.items()) + "]"
 
 
@@ -56,9 +56,9 @@ def server_id(organization: str, server: str) -> str:
 def space_label(space: AddressSpace, site: Site, server: Server) -> str:
     """`SMTP:* cost 1` and the scope on a second line (with the site or location it means)."""
     scope = space.scope.value
-    if scope == "site":
+    if space.scope is Scope.SITE:
         scope += f" ({site.name})"
-    elif scope == "location":
+    elif space.scope is Scope.LOCATION:
         scope += f" ({server.location or '-'})"
     return f"{space.type.value}:{space.pattern or '(any)'} cost {space.cost}\nscope {scope}"
 

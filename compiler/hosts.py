@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mailwright.compiler.gal import Gal
+from mailwright.compiler.gal import GalEntry
 from mailwright.compiler.gwart import Gwart
 from mailwright.compiler.inheritance import server_pop3
 from mailwright.schema import LoadedSpec
@@ -48,17 +48,22 @@ def _ims(server: Server) -> dict[str, Any] | None:
     return ims.model_dump(mode="json", exclude={"address_spaces"})
 
 
+def peers(loaded: LoadedSpec) -> dict[str, dict[str, Any]]:
+    """Every server of the organization as the others see it (the shared servers.json)."""
+    return {s.name: _peer(site, s) for site in loaded.spec.sites for s in site.servers}
+
+
 def host_config(
     *,
     loaded: LoadedSpec,
     site: Site,
     server: Server,
-    gal: Gal,
+    homed: list[GalEntry],
     gwart: Gwart,
     shared: dict[str, str],
 ) -> dict[str, Any]:
-    """`shared` names the organization-wide artifacts the host reads too (path -> sha256)."""
-    homed = [e for e in gal if e.home_server == server.name] if Role.STORE in server.roles else []
+    """`homed`: the recipients whose home is this server. `shared` names the
+    organization-wide artifacts the host reads too (path -> sha256)."""
     resolvers = sorted(
         str(s.ipv4) for each in loaded.spec.sites for s in each.servers if Role.DNS in s.roles
     )
@@ -69,13 +74,9 @@ def host_config(
         "server": {"name": server.name, **_peer(site, server)},
         "pop3": server_pop3(site, server).model_dump(mode="json"),
         "mailboxes": [
-            {
-                **entry.as_json(),
-                "password_hash": entry.mailbox.password,
-            }
-            for entry in homed
+            {**entry.record, "password_hash": entry.mailbox.password}
+            for entry in (homed if Role.STORE in server.roles else [])
         ],
-        "servers": {s.name: _peer(each, s) for each in loaded.spec.sites for s in each.servers},
         "gwart": [r.as_json() for r in gwart.visible_from(site.name, server.location or "").routes],
         "ims": _ims(server),
         "tls": _tls(loaded, server),

@@ -53,7 +53,7 @@ def route_json(result: RouteExplanation) -> dict[str, Any]:
         "type": result.type.value,
         "organization": result.organization,
         "from": result.from_server,
-        "recipient": result.recipient.as_json() if result.recipient else None,
+        "recipient": result.recipient.record if result.recipient else None,
         "candidates": [
             {
                 **c.route.as_json(),

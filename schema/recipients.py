@@ -24,18 +24,6 @@ def smtp_template(site: Site, organization: Organization) -> str:
     return template if "@" in template else f"{template}@{organization.domains[0]}"
 
 
-def generated_smtp(mailbox: Mailbox, site: Site, organization: Organization) -> str:
-    template = smtp_template(site, organization)
-    local_template, _, domain = template.rpartition("@")
-    local = sanitize_local_part(expand_template(local_template, mailbox))
-    if not local:
-        raise AddressingError(
-            f"site '{site.name}' SMTP template '{template}' gives mailbox '{mailbox.alias}' "
-            "an empty local part"
-        )
-    return f"{local}@{domain.lower()}"
-
-
 def site_x400(site: Site, organization: Organization) -> dict[str, str]:
     """The site's X.400 originator attributes, which every recipient's address starts with."""
     x400 = site.addressing.x400
@@ -55,61 +43,92 @@ def site_msmail(site: Site, organization: Organization) -> str:
     return f"{network.upper()}/{postoffice.upper()}"
 
 
-def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> str:
-    surname = sanitize_x400(mailbox.surname, X400_LIMITS["s"]) or sanitize_x400(
-        mailbox.alias, X400_LIMITS["s"]
-    )
-    if not surname:
-        # An X.400 address without s= (or cn=) is no address at all.
-        raise AddressingError(
-            f"mailbox '{mailbox.alias}' has neither a surname nor an alias that can be "
-            "an X.400 surname (letters, digits, spaces and '()+,-./:?)"
+class SiteAddresser:
+    """One site's addressing, worked out once and applied to each of its recipients."""
+
+    def __init__(self, site: Site, organization: Organization) -> None:
+        self.site_name = site.name
+        self.template = smtp_template(site, organization)
+        self.local_template, _, domain = self.template.rpartition("@")
+        self.domain = domain.lower()
+        self.x400 = site_x400(site, organization)
+        self.msmail = site_msmail(site, organization)
+
+    def smtp(self, mailbox: Mailbox) -> str:
+        local = sanitize_local_part(expand_template(self.local_template, mailbox))
+        if not local:
+            raise AddressingError(
+                f"site '{self.site_name}' SMTP template '{self.template}' gives mailbox "
+                f"'{mailbox.alias}' an empty local part"
+            )
+        return f"{local}@{self.domain}"
+
+    def x400_address(self, mailbox: Mailbox) -> str:
+        surname = sanitize_x400(mailbox.surname, X400_LIMITS["s"]) or sanitize_x400(
+            mailbox.alias, X400_LIMITS["s"]
         )
-    attributes = {
-        **site_x400(site, organization),
-        "s": surname,
-        "g": sanitize_x400(mailbox.given_name, X400_LIMITS["g"]),
-        "i": sanitize_x400(mailbox.initials, X400_LIMITS["i"]),
-    }
-    return format_x400({k: v for k, v in attributes.items() if v})
+        if not surname:
+            # An X.400 address without s= (or cn=) is no address at all.
+            raise AddressingError(
+                f"mailbox '{mailbox.alias}' has neither a surname nor an alias that can be "
+                "an X.400 surname (letters, digits, spaces and '()+,-./:?)"
+            )
+        attributes = {
+            **self.x400,
+            "s": surname,
+            "g": sanitize_x400(mailbox.given_name, X400_LIMITS["g"]),
+            "i": sanitize_x400(mailbox.initials, X400_LIMITS["i"]),
+        }
+        return format_x400({k: v for k, v in attributes.items() if v})
+
+    def ms(self, mailbox: Mailbox) -> str:
+        name = sanitize_ms(mailbox.alias)
+        if not name:
+            raise AddressingError(
+                f"alias '{mailbox.alias}' gives no MS Mail mailbox name "
+                "(it needs a letter, digit, '-' or '_')"
+            )
+        return f"{self.msmail}/{name}"
+
+    def addresses(self, mailbox: Mailbox) -> tuple[ProxyAddress, ...]:
+        """Every address of the recipient, primaries first in type order, then secondaries.
+
+        As in Exchange, an explicit primary (upper-case type) replaces the generated one,
+        which then stays on as a secondary address. Raises AddressingError.
+        """
+        explicit_primary = {p.type for p in mailbox.proxy_addresses if p.primary}
+        generated = [
+            ProxyAddress(kind, make(mailbox), primary=kind not in explicit_primary)
+            for kind, make in (
+                (AddressType.SMTP, self.smtp),
+                (AddressType.X400, self.x400_address),
+                (AddressType.MS, self.ms),
+            )
+        ]
+        everything = [*generated, *mailbox.proxy_addresses]
+        primaries = sorted(p for p in everything if p.primary)
+        seen = {p.key for p in primaries}
+        secondaries = []
+        for proxy in everything:
+            if not proxy.primary and proxy.key not in seen:
+                seen.add(proxy.key)
+                secondaries.append(proxy)
+        return (*primaries, *secondaries)
+
+
+def generated_smtp(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    return SiteAddresser(site, organization).smtp(mailbox)
+
+
+def generated_x400(mailbox: Mailbox, site: Site, organization: Organization) -> str:
+    return SiteAddresser(site, organization).x400_address(mailbox)
 
 
 def generated_ms(mailbox: Mailbox, site: Site, organization: Organization) -> str:
-    name = sanitize_ms(mailbox.alias)
-    if not name:
-        raise AddressingError(
-            f"alias '{mailbox.alias}' gives no MS Mail mailbox name "
-            "(it needs a letter, digit, '-' or '_')"
-        )
-    return f"{site_msmail(site, organization)}/{name}"
-
-
-_GENERATORS = {
-    AddressType.SMTP: generated_smtp,
-    AddressType.X400: generated_x400,
-    AddressType.MS: generated_ms,
-}
+    return SiteAddresser(site, organization).ms(mailbox)
 
 
 def proxy_addresses(
     mailbox: Mailbox, site: Site, organization: Organization
 ) -> tuple[ProxyAddress, ...]:
-    """Every address of the recipient, primaries first in type order, then secondaries.
-
-    As in Exchange, an explicit primary (upper-case type) replaces the generated one, which
-    then stays on as a secondary address. Raises AddressingError.
-    """
-    explicit_primary = {p.type for p in mailbox.proxy_addresses if p.primary}
-    generated = [
-        ProxyAddress(kind, make(mailbox, site, organization), primary=kind not in explicit_primary)
-        for kind, make in _GENERATORS.items()
-    ]
-    everything = [*generated, *mailbox.proxy_addresses]
-    primaries = sorted(p for p in everything if p.primary)
-    seen = {p.key for p in primaries}
-    secondaries = []
-    for proxy in everything:
-        if not proxy.primary and proxy.key not in seen:
-            seen.add(proxy.key)
-            secondaries.append(proxy)
-    return (*primaries, *secondaries)
+    return SiteAddresser(site, organization).addresses(mailbox)

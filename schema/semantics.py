@@ -23,7 +23,7 @@ from mailwright.schema.models import (
     Site,
     Zone,
 )
-from mailwright.schema.recipients import AddressingError, proxy_addresses
+from mailwright.schema.recipients import AddressingError, SiteAddresser
 
 # RFC 5321 §4.5.4.1: retries at least 30 minutes apart; give up after at least 4-5 days.
 MIN_RETRY_INTERVAL = 30 * 60
@@ -175,11 +175,12 @@ def _inside(name: str, domains: Sequence[str]) -> bool:
 
 
 def _check_mailboxes(self: Checker) -> None:
+    organization = self.spec.organization
+    addressers = {id(site): SiteAddresser(site, organization) for site in self.spec.sites}
     sites: dict[str, tuple[Site, Server]] = {}
     for _, site, server in self.servers():
         sites.setdefault(server.name.casefold(), (site, server))
     owners: dict[tuple[object, str], tuple[SpecPath, str]] = {}
-    organization = self.spec.organization
     for path, mailbox in self.mailboxes:
         home = sites.get(mailbox.home_server.casefold())
         proxies: tuple[ProxyAddress, ...] = ()
@@ -197,7 +198,7 @@ def _check_mailboxes(self: Checker) -> None:
             )
         else:
             try:
-                proxies = proxy_addresses(mailbox, home[0], organization)
+                proxies = addressers[id(home[0])].addresses(mailbox)
             except AddressingError as exc:
                 self.error((*path, "alias"), "empty-address", str(exc))
         self.proxies.append(proxies)

@@ -27,6 +27,12 @@ class _Yaml12Loader(_Loader):  # type: ignore[valid-type,misc]
     yaml_implicit_resolvers: ClassVar[dict[str, list[tuple[str, re.Pattern[str]]]]] = {}
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        # Fast path: distinct plain-string keys cannot be duplicates. Other keys (`1` and `0x1`,
+        # `true` and `1`) can be equal once constructed, so they are constructed and compared.
+        keys = {k.value for k, _ in node.value if k.tag == "tag:yaml.org,2002:str"}
+        if len(keys) == len(node.value):
+            fast: dict[Any, Any] = super().construct_mapping(node, deep=deep)
+            return fast
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
@@ -93,6 +99,9 @@ def parse_yaml(text: str) -> Any:
         if line <= len(lines) and lines[line - 1][column - 1 : column] == "\t":
             # libyaml does not name the character; a tab is the usual one (YAML 1.2 §6.1).
             problem, context = "a tab character: YAML indents with spaces only", ""
+        elif exc.context and problem.startswith("but found"):
+            # libyaml splits "expected X, but found Y" into context and problem.
+            problem, context = f"{exc.context}, {problem}", ""
         raise YamlSyntaxError(f"YAML syntax: {problem}{context}", line, column) from exc
     except yaml.YAMLError as exc:
         raise YamlSyntaxError(f"YAML syntax: {exc}", 1, 1) from exc

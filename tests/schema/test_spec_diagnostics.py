@@ -1,0 +1,128 @@
+"""Invalid specs and the exact lines `mailwright validate` prints for them.
+
+Each case under fixtures/golden/ is a spec `NAME.yaml` (with any CSV files it imports beside it)
+or a folder `NAME/` of specs validated together. `NAME.expected` holds what `mailwright validate`
+prints for it, run from the repository root with paths relative to it. After a deliberate change
+of wording, regenerate them with `MAILWRIGHT_REGEN_GOLDEN=1 .venv/bin/pytest tests/schema` and
+review the diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
+MAILWRIGHT = Path(sys.executable).parent / "mailwright"
+REGENERATE = os.environ.get("MAILWRIGHT_REGEN_GOLDEN") == "1"
+DIAGNOSTIC = re.compile(r"^(.+?):(\d+):(\d+): (error|warning): ")
+CASES = sorted(p for p in GOLDEN.iterdir() if p.suffix == ".yaml" or p.is_dir())
+# Plaintext passwords the fixtures hold by mistake: no output may repeat them.
+PLAINTEXTS = {
+    "plaintext_password.yaml": ["Tr0ub4dor&3-plaintext"],
+    "csv_bad_value.yaml": ["plaintext-in-a-csv"],
+}
+
+
+def spec_arguments(case: Path) -> list[str]:
+    specs = sorted(case.glob("*.yaml")) if case.is_dir() else [case]
+    return [str(spec.relative_to(REPO)) for spec in specs]
+
+
+def plain_environment() -> dict[str, str]:
+    """The caller's environment without anything that would make rich print colours."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
+    }
+    env["NO_COLOR"] = "1"
+    return env
+
+
+@functools.cache
+def validate(*arguments: str) -> subprocess.CompletedProcess[str]:
+    # Cached: each case's output serves several tests.
+    return subprocess.run(
+        [str(MAILWRIGHT), "validate", *arguments],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=plain_environment(),
+        timeout=120,
+        check=False,
+    )
+
+
+def positions(output: str) -> list[tuple[str, int, int]]:
+    return [
+        (match[1], int(match[2]), int(match[3]))
+        for line in output.splitlines()
+        if (match := DIAGNOSTIC.match(line))
+    ]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.stem for case in CASES])
+def test_validate_prints_the_expected_diagnostics(case: Path) -> None:
+    result = validate(*spec_arguments(case))
+    expected_file = GOLDEN / f"{case.stem}.expected"
+    if REGENERATE:
+        expected_file.write_text(result.stdout, encoding="utf-8")
+    expected = expected_file.read_text(encoding="utf-8")
+    if result.stdout != expected:
+        diff = difflib.unified_diff(
+            expected.splitlines(keepends=True),
+            result.stdout.splitlines(keepends=True),
+            str(expected_file.relative_to(REPO)),
+            "mailwright validate",
+        )
+        pytest.fail("output differs from the golden file:\n" + "".join(diff))
+    assert result.stderr == ""
+    has_errors = any(": error: " in line for line in result.stdout.splitlines())
+    assert result.returncode == (1 if has_errors else 0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.stem for case in CASES])
+def test_diagnostics_are_sorted_by_position_and_never_a_traceback(case: Path) -> None:
+    result = validate(*spec_arguments(case))
+    found = positions(result.stdout)
+    assert found == sorted(found)
+    assert all(file.endswith((".yaml", ".csv")) for file, _, _ in found)
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_every_expected_file_belongs_to_a_case() -> None:
+    stems = {case.stem for case in CASES}
+    orphans = [p.name for p in GOLDEN.glob("*.expected") if p.stem not in stems]
+    assert orphans == []
+    if not REGENERATE:
+        assert all((GOLDEN / f"{stem}.expected").is_file() for stem in stems)
+
+
+@pytest.mark.parametrize("output", ["text", "json", "github"])
+@pytest.mark.parametrize("fixture", sorted(PLAINTEXTS))
+def test_a_plaintext_password_never_appears_in_any_output(fixture: str, output: str) -> None:
+    result = validate("--format", output, *spec_arguments(GOLDEN / fixture))
+    assert result.returncode == 1
+    assert "hash-password" in result.stdout
+    for plaintext in PLAINTEXTS[fixture]:
+        assert plaintext not in result.stdout + result.stderr
+
+
+def test_json_output_holds_the_same_diagnostics_as_the_text() -> None:
+    arguments = spec_arguments(GOLDEN / "proxy_collision.yaml")
+    text, document = validate(*arguments), validate("--format", "json", *arguments)
+    diagnostics = json.loads(document.stdout)["diagnostics"]
+    assert [
+        f"{d['file']}:{d['line']}:{d['column']}: {d['severity']}: {d['message']}"
+        for d in diagnostics
+    ] == text.stdout.splitlines()[:-1]

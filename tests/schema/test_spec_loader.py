@@ -1,0 +1,124 @@
+"""The loader's API: LoadedSpec for valid specs, SpecError carrying every diagnostic otherwise."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mailwright.schema import Severity, SpecError, check_specs, load_spec, load_specs
+from mailwright.schema.addressing import AddressType, check_address
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
+GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
+
+
+def test_the_examples_load_together_without_diagnostics() -> None:
+    loaded, diagnostics = check_specs(EXAMPLES)
+    assert diagnostics == []
+    assert [spec.path for spec in loaded] == EXAMPLES
+    assert len({spec.name for spec in loaded}) == len(EXAMPLES)
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_every_mailbox_gets_valid_primary_addresses_of_each_type(example: Path) -> None:
+    loaded = load_spec(example)
+    assert len(loaded.proxies) == len(loaded.mailboxes) > 0
+    for mailbox, proxies in zip(loaded.mailboxes, loaded.proxies, strict=True):
+        primaries = [p for p in proxies if p.primary]
+        assert sorted(p.type for p in primaries) == sorted(AddressType), mailbox.alias
+        for proxy in proxies:
+            assert check_address(proxy.type, proxy.address) is None, proxy
+
+
+def test_imported_mailboxes_follow_the_spec_own(tmp_path: Path) -> None:
+    for name in ("csv_home_server.yaml", "csv_home_server.csv"):
+        shutil.copy(GOLDEN / name, tmp_path / name)
+    csv = tmp_path / "csv_home_server.csv"
+    # Keep only the row that is valid: bob without his stolen address.
+    header, bob, *_ = csv.read_text().splitlines()
+    csv.write_text(f"{header}\n{bob.removesuffix(',smtp:ann@acme.example')},\n")
+    loaded = load_spec(tmp_path / "csv_home_server.yaml")
+    assert [m.alias for m in loaded.spec.mailboxes] == ["ann"]
+    assert [m.alias for m in loaded.mailboxes] == ["ann", "bob"]
+    assert loaded.mailboxes[1].home_server == "mail"
+
+
+def test_spec_error_holds_every_diagnostic_sorted() -> None:
+    with pytest.raises(SpecError) as raised:
+        load_spec(GOLDEN / "wrong_type.yaml")
+    diagnostics = raised.value.diagnostics
+    assert len(diagnostics) == 10
+    assert diagnostics == sorted(diagnostics, key=lambda d: d.sort_key())
+    assert raised.value.errors == diagnostics
+    assert str(raised.value).splitlines() == [str(d) for d in diagnostics]
+
+
+def test_related_places_are_named_in_the_message() -> None:
+    with pytest.raises(SpecError) as raised:
+        load_spec(GOLDEN / "proxy_collision.yaml")
+    first = raised.value.diagnostics[0]
+    assert first.code == "duplicate-address"
+    assert (first.position.line, first.position.column) == (26, 47)
+    assert first.message.endswith(f"(at {GOLDEN / 'proxy_collision.yaml'}:16:12)")
+
+
+def test_a_plaintext_password_is_not_repeated_anywhere() -> None:
+    with pytest.raises(SpecError) as raised:
+        load_spec(GOLDEN / "plaintext_password.yaml")
+    error = raised.value
+    assert "Tr0ub4dor" not in str(error) + repr(error.diagnostics)
+    assert all(d.code == "invalid-value" for d in error.diagnostics)
+
+
+def test_a_password_hash_is_kept_out_of_reprs() -> None:
+    mailbox = load_spec(EXAMPLES[0]).mailboxes[0]
+    assert mailbox.password.startswith("$argon2id$")
+    assert mailbox.password not in repr(mailbox)
+
+
+def test_warnings_alone_leave_a_spec_loadable() -> None:
+    [loaded] = load_specs([GOLDEN / "no_inbound_ims.yaml"])
+    assert {w.severity for w in loaded.warnings} == {Severity.WARNING}
+    assert [w.code for w in loaded.warnings] == [
+        "no-inbound-ims",
+        "no-inbound-ims",
+        "retry-too-soon",
+        "give-up-too-soon",
+    ]
+
+
+def test_a_missing_spec_is_a_diagnostic_not_an_exception(tmp_path: Path) -> None:
+    loaded, [diagnostic] = check_specs([tmp_path / "nowhere.yaml"])
+    assert loaded == []
+    assert diagnostic.code == "unreadable"
+    assert str(diagnostic) == f"{tmp_path / 'nowhere.yaml'}:1:1: error: cannot read spec: " + (
+        "No such file or directory"
+    )
+
+
+def test_the_valid_specs_load_even_when_another_fails() -> None:
+    loaded, diagnostics = check_specs([EXAMPLES[0], GOLDEN / "missing_key.yaml"])
+    assert [spec.path for spec in loaded] == [EXAMPLES[0]]
+    assert {d.position.file for d in diagnostics} == {str(GOLDEN / "missing_key.yaml")}
+
+
+def test_a_spec_named_twice_is_loaded_once(tmp_path: Path) -> None:
+    spec = tmp_path / "acme.yaml"
+    shutil.copy(GOLDEN / "fqdn_external.yaml", spec)
+    loaded, diagnostics = check_specs([spec, tmp_path / "." / "acme.yaml", spec])
+    assert diagnostics == []
+    assert [s.path for s in loaded] == [spec]
+
+
+def test_organizations_validated_together_must_not_clash() -> None:
+    specs = sorted((GOLDEN / "clash_domain").glob("*.yaml"))
+    with pytest.raises(SpecError) as raised:
+        load_specs(specs)
+    [diagnostic] = raised.value.diagnostics
+    assert diagnostic.code == "clash-between-organizations"
+    # Each organization alone is fine.
+    for spec in specs:
+        assert load_spec(spec).warnings == ()
