@@ -1,9 +1,9 @@
 """`compile`: validated organizations to artifacts on disk, deterministically.
 
-DIR/<org>/ holds gal.json, gwart.json, gwart.txt, recipients.json, servers.json, zones/*.zone,
-hosts/*.json and manifest.json; DIR/manifest.json lists the organizations compiled together. Output is a
-pure function of the specs, and of the previous manifest for zone serials (same records, same
-serial), so compiling twice gives byte-identical files.
+DIR/<org>/ holds gal.json, gwart.json, gwart.txt, recipients.json, servers.json,
+zones/*.zone, hosts/*.json and manifest.json; DIR/manifest.json lists the organizations
+compiled together. Output is a pure function of the specs, and of the previous manifest for
+zone serials (same records, same serial), so compiling twice gives byte-identical files.
 """
 
 from __future__ import annotations

@@ -13,6 +13,12 @@ from mailwright.schema.addressing import AddressType, ProxyAddress
 from mailwright.schema.models import Mailbox, Pop3Settings
 
 
+@functools.lru_cache(maxsize=1024)
+def _settings_json(settings: Pop3Settings) -> dict[str, Any]:
+    """Mailboxes mostly share their server's settings: dump each distinct one once."""
+    return settings.model_dump(mode="json")
+
+
 @dataclass(frozen=True)
 class GalEntry:
     alias: str
@@ -34,9 +40,9 @@ class GalEntry:
             "display_name": self.display_name,
             "site": self.site,
             "home_server": self.home_server,
-            "primary": {kind.value: self.primary(kind) for kind in AddressType},
+            "primary": {p.type.value: p.address for p in self.proxies if p.primary},
             "secondary": [str(p) for p in self.proxies if not p.primary],
-            "protocols": {"pop3": self.pop3.model_dump(mode="json")},
+            "protocols": {"pop3": _settings_json(self.pop3)},
             "size_limit": self.mailbox.size_limit,
         }
 

@@ -179,21 +179,34 @@ def expand_template(template: str, person: Person) -> str:
     return "".join(out)
 
 
+def _keep_only(allowed: frozenset[str]) -> dict[int, None]:
+    """A str.translate table deleting every ASCII character outside `allowed`."""
+    return {code: None for code in range(128) if chr(code) not in allowed}
+
+
+_LOCAL_PART_TABLE = _keep_only(_ATEXT | {"."})
+_X400_TABLE = _keep_only(_X400_PRINTABLE)
+_MS_TABLE = _keep_only(frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_"))
+
+
 def _ascii(text: str) -> str:
+    """Accents folded (NFKD), anything else outside ASCII dropped."""
+    if text.isascii():
+        return text
     return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
 
 
 def sanitize_local_part(text: str) -> str:
     """A valid RFC 5321 dot-string from any text: accents folded, illegal characters dropped,
     dots neither leading, trailing nor doubled; at most 64 octets. May return ""."""
-    kept = "".join(c for c in _ascii(text) if c in _ATEXT or c == ".")
+    kept = _ascii(text).translate(_LOCAL_PART_TABLE)
     dotted = ".".join(part for part in kept.split(".") if part)
     return dotted[:MAX_LOCAL_PART].rstrip(".")
 
 
 def sanitize_x400(text: str, limit: int) -> str:
-    return "".join(c for c in _ascii(text) if c in _X400_PRINTABLE).strip()[:limit].strip()
+    return _ascii(text).translate(_X400_TABLE).strip()[:limit].strip()
 
 
 def sanitize_ms(text: str) -> str:
-    return "".join(c for c in _ascii(text).upper() if c.isalnum() or c in "-_")[:MS_PART_MAX]
+    return _ascii(text).upper().translate(_MS_TABLE)[:MS_PART_MAX]

@@ -63,17 +63,18 @@ def format_spec(text: str) -> str:
     return formatted
 
 
-def _reorder(node: Any, annotation: Any) -> None:
+def _reorder(node: Any, annotation: Any, parent: Any = None) -> None:
+    """Put `node` (the value of `parent`, a mapping key or sequence index) in schema order."""
     if isinstance(node, CommentedSeq):
-        for child in node:
-            _reorder(child, item_of(annotation))
+        for index, child in enumerate(node):
+            _reorder(child, item_of(annotation), (node, index))
         return
     model = model_of(annotation)
     if not isinstance(node, CommentedMap) or model is None:
         return
     known = [k for k in model.model_fields if k in node]
     for name in known:
-        _reorder(node[name], model.model_fields[name].annotation)
+        _reorder(node[name], model.model_fields[name].annotation, (node, name))
     before = list(node)
     order = known + [k for k in before if k not in model.model_fields]
     if order == before:
@@ -88,9 +89,9 @@ def _reorder(node: Any, annotation: Any) -> None:
     # that key comes first: ruamel would print them between a sequence's dash and the key.
     first = node.ca.items.get(order[0])
     if first and first[1]:
-        _add_lines_above(node, "".join(_indented(token) for token in first[1]))
+        _add_lines_above(node, parent, "".join(_indented(token) for token in first[1]))
         first[1] = None
-    _add_lines_above(node, leading.get(order[0], ""))
+    _add_lines_above(node, parent, leading.get(order[0], ""))
     for previous, key in itertools.pairwise(order):
         _add_lines_below(node, previous, leading.get(key, ""))
     _add_lines_below(node, order[-1], below[before[-1]])
@@ -125,14 +126,17 @@ def _indented(token: CommentToken) -> str:
     return " " * token.column + token.value if token.value.startswith("#") else str(token.value)
 
 
-def _add_lines_above(node: CommentedMap, lines: str) -> None:
-    """Lines above a mapping's first key, which ruamel keeps with the mapping itself."""
+def _add_lines_above(node: CommentedMap, parent: Any, lines: str) -> None:
+    """Lines above a mapping's first key. Under a key, ruamel prints them from the parent's
+    comments (after the key's own end-of-line comment); elsewhere from the mapping's."""
     if not lines:
         return
-    if node.ca.comment is not None and node.ca.comment[0] is not None:
-        # Shared with the line of the key above the mapping: its own comment, then these lines.
-        token = node.ca.comment[0]
-        token.value = token.value.rstrip("\n") + "\n" + lines
+    if parent is not None and isinstance(parent[0], CommentedMap):
+        slots = parent[0].ca.items.setdefault(parent[1], [None, None, None, None])
+        if slots[2] is not None:
+            slots[2].value = slots[2].value.rstrip("\n") + "\n" + lines
+        else:
+            slots[3] = [*(slots[3] or []), CommentToken(lines, CommentMark(0), None)]
         return
     if node.ca.comment is None:
         node.ca.comment = [None, []]

@@ -162,7 +162,8 @@ def documents_of(model: type[Any], depth: int = 0) -> st.SearchStrategy[dict[str
         if nested is not None and depth < 4:
             fields[name] = documents_of(nested, depth + 1)
         elif item is not None and depth < 4:
-            fields[name] = st.lists(documents_of(item, depth + 1), max_size=2)
+            # (ruamel.yaml drops comments around empty `- {}` items: none here.)
+            fields[name] = st.lists(documents_of(item, depth + 1).filter(bool), max_size=2)
         else:
             fields[name] = scalars | st.lists(scalars, max_size=3)
     keys = st.lists(
