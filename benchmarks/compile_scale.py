@@ -245,7 +245,7 @@ def profile_child(spec: Path, out_dir: Path, top: int) -> None:
         elapsed = time.perf_counter() - start
         text = io.StringIO()
         stats = pstats.Stats(profiler, stream=text)
-        stats.sort_stats(pstats.SortKey.CUMULATIVE).print_stats(top)
+        stats.sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(top)
         print(f"=== {name}: {elapsed:.2f} s under cProfile ===")
         print(_trim_stats(text.getvalue(), Path(__file__).resolve().parents[1]))
 

@@ -22,9 +22,10 @@ import orjson
 
 from mailwright.compiler.gal import Gal, build_gal
 from mailwright.compiler.gwart import Gwart, build_gwart
-from mailwright.compiler.hosts import host_config, peers
+from mailwright.compiler.hosts import HostContext, host_config, peers
 from mailwright.compiler.zones import render_zones
 from mailwright.schema import LoadedSpec
+from mailwright.schema.loader import gc_paused
 
 MANIFEST_FORMAT_VERSION = 1
 
@@ -81,17 +82,10 @@ def compile_organization(
     shared |= {
         name: sha256(text.encode()) for name, text in out.files.items() if name.startswith("zones/")
     }
-    homed = gal.homed_on()
+    context = HostContext(loaded, gwart, gal.homed_on(), shared)
     for site in loaded.spec.sites:
         for server in site.servers:
-            config = host_config(
-                loaded=loaded,
-                site=site,
-                server=server,
-                homed=homed.get(server.name, []),
-                gwart=gwart,
-                shared=shared,
-            )
+            config = host_config(context, site, server)
             out.files[f"hosts/{server.name}.json"] = to_json(config)
     out.files["manifest.json"] = to_json(_manifest(loaded, out))
     return out
@@ -121,7 +115,10 @@ def previous_serials(org_dir: Path) -> dict[str, tuple[str, int]]:
 def compile_specs(specs: Sequence[LoadedSpec], out_dir: Path) -> list[Artifacts]:
     """Compile organizations together and write their artifacts under `out_dir`."""
     today = build_date()
-    compiled = [compile_organization(s, previous_serials(out_dir / s.name), today) for s in specs]
+    with gc_paused():
+        compiled = [
+            compile_organization(s, previous_serials(out_dir / s.name), today) for s in specs
+        ]
     for artifacts in compiled:
         _write_tree(out_dir / artifacts.organization, artifacts.files)
     network = {

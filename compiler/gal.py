@@ -13,12 +13,6 @@ from mailwright.schema.addressing import AddressType, ProxyAddress
 from mailwright.schema.models import Mailbox, Pop3Settings
 
 
-@functools.lru_cache(maxsize=1024)
-def _settings_json(settings: Pop3Settings) -> dict[str, Any]:
-    """Mailboxes mostly share their server's settings: dump each distinct one once."""
-    return settings.model_dump(mode="json")
-
-
 @dataclass(frozen=True)
 class GalEntry:
     alias: str
@@ -28,6 +22,8 @@ class GalEntry:
     proxies: tuple[ProxyAddress, ...]
     pop3: Pop3Settings
     mailbox: Mailbox
+    # pop3 as JSON data: shared by the mailboxes that inherit their server's settings.
+    pop3_record: dict[str, Any] = field(compare=False, repr=False)
 
     def primary(self, kind: AddressType) -> str:
         return next(p.address for p in self.proxies if p.primary and p.type is kind)
@@ -42,7 +38,7 @@ class GalEntry:
             "home_server": self.home_server,
             "primary": {p.type.value: p.address for p in self.proxies if p.primary},
             "secondary": [str(p) for p in self.proxies if not p.primary],
-            "protocols": {"pop3": _settings_json(self.pop3)},
+            "protocols": {"pop3": self.pop3_record},
             "size_limit": self.mailbox.size_limit,
         }
 
@@ -80,11 +76,19 @@ class Gal:
 
 def build_gal(loaded: LoadedSpec) -> Gal:
     homes = {s.name.casefold(): (site, s) for site in loaded.spec.sites for s in site.servers}
-    inherited = {name: server_pop3(site, server) for name, (site, server) in homes.items()}
+    inherited = {}
+    for name, (site, server) in homes.items():
+        settings = server_pop3(site, server)
+        inherited[name] = (settings, settings.model_dump(mode="json"))
     entries = []
     for mailbox, proxies in zip(loaded.mailboxes, loaded.proxies, strict=True):
         site, server = homes[mailbox.home_server.casefold()]
         overrides = mailbox.protocols.pop3
+        if overrides.model_fields_set:
+            pop3 = effective_pop3(site, server, overrides)
+            pop3_record = pop3.model_dump(mode="json")
+        else:
+            pop3, pop3_record = inherited[server.name.casefold()]
         entries.append(
             GalEntry(
                 alias=mailbox.alias,
@@ -92,10 +96,9 @@ def build_gal(loaded: LoadedSpec) -> Gal:
                 site=site.name,
                 home_server=server.name,
                 proxies=proxies,
-                pop3=effective_pop3(site, server, overrides)
-                if overrides.model_fields_set
-                else inherited[server.name.casefold()],
+                pop3=pop3,
                 mailbox=mailbox,
+                pop3_record=pop3_record,
             )
         )
     entries.sort(key=lambda e: e.alias.casefold())

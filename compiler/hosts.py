@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any
 
 from mailwright.compiler.gal import GalEntry
@@ -53,35 +54,47 @@ def peers(loaded: LoadedSpec) -> dict[str, dict[str, Any]]:
     return {s.name: _peer(site, s) for site in loaded.spec.sites for s in site.servers}
 
 
-def host_config(
-    *,
-    loaded: LoadedSpec,
-    site: Site,
-    server: Server,
-    homed: list[GalEntry],
-    gwart: Gwart,
-    shared: dict[str, str],
-) -> dict[str, Any]:
-    """`homed`: the recipients whose home is this server. `shared` names the
-    organization-wide artifacts the host reads too (path -> sha256)."""
-    resolvers = sorted(
-        str(s.ipv4) for each in loaded.spec.sites for s in each.servers if Role.DNS in s.roles
-    )
+@dataclass
+class HostContext:
+    """What every host config of one organization draws on, worked out once."""
+
+    loaded: LoadedSpec
+    gwart: Gwart
+    homed: dict[str, list[GalEntry]]  # home server -> its recipients
+    shared: dict[str, str]  # organization-wide artifacts the hosts read too: path -> sha256
+    resolvers: list[str] = field(init=False)
+    _views: dict[tuple[str, str], list[dict[str, Any]]] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.resolvers = sorted(
+            str(s.ipv4)
+            for site in self.loaded.spec.sites
+            for s in site.servers
+            if Role.DNS in s.roles
+        )
+
+    def gwart_view(self, site: str, location: str) -> list[dict[str, Any]]:
+        """The routes a server in this site and location sees (scope applied)."""
+        key = (site, location)
+        if key not in self._views:
+            self._views[key] = [r.as_json() for r in self.gwart.visible_from(site, location).routes]
+        return self._views[key]
+
+
+def host_config(context: HostContext, site: Site, server: Server) -> dict[str, Any]:
+    homed = context.homed.get(server.name, []) if Role.STORE in server.roles else []
     return {
         "format_version": HOST_FORMAT_VERSION,
-        "organization": loaded.name,
-        "domains": list(loaded.spec.organization.domains),
+        "organization": context.loaded.name,
+        "domains": list(context.loaded.spec.organization.domains),
         "server": {"name": server.name, **_peer(site, server)},
         "pop3": server_pop3(site, server).model_dump(mode="json"),
-        "mailboxes": [
-            {**entry.record, "password_hash": entry.mailbox.password}
-            for entry in (homed if Role.STORE in server.roles else [])
-        ],
-        "gwart": [r.as_json() for r in gwart.visible_from(site.name, server.location or "").routes],
+        "mailboxes": [{**entry.record, "password_hash": entry.mailbox.password} for entry in homed],
+        "gwart": context.gwart_view(site.name, server.location or ""),
         "ims": _ims(server),
-        "tls": _tls(loaded, server),
-        "dns": {"resolvers": resolvers},
-        "shared": shared,
+        "tls": _tls(context.loaded, server),
+        "dns": {"resolvers": context.resolvers},
+        "shared": context.shared,
     }
 
 

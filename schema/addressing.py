@@ -9,9 +9,10 @@ secondary one (`SMTP:jane@dcnw.com`, `smtp:j.doe@dcnw.com`).
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 
@@ -94,6 +95,11 @@ class ProxyAddress:
     type: AddressType
     address: str
     primary: bool = False
+    # What must be unique across an organization: addresses compare case-insensitively.
+    key: tuple[AddressType, str] = field(init=False, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.type, self.address.casefold()))
 
     @classmethod
     def parse(cls, text: str) -> ProxyAddress:
@@ -108,11 +114,6 @@ class ProxyAddress:
         if not sep or (problem := check_address(kind, address)):
             raise ValueError(problem or f"'{text}' has no address after the type")
         return cls(kind, address, primary=prefix.isupper())
-
-    @property
-    def key(self) -> tuple[AddressType, str]:
-        """What must be unique across an organization: addresses compare case-insensitively."""
-        return (self.type, self.address.casefold())
 
     def __str__(self) -> str:
         prefix = self.type.value if self.primary else self.type.value.lower()
@@ -150,32 +151,51 @@ def check_template(template: str) -> str | None:
     return None
 
 
-def expand_template(template: str, person: Person) -> str:
-    """Substitute the tokens of an Exchange addressing template, literally (no sanitizing)."""
-    values = {
-        "m": person.alias,
-        "g": person.given_name,
-        "s": person.surname,
-        "i": person.initials,
-        "d": person.display,
-    }
+_FIELDS = {"m": "alias", "g": "given_name", "s": "surname", "i": "initials", "d": "display"}
+
+
+@dataclass(frozen=True)
+class _Part:
+    """A literal, or a recipient attribute cut to `count` characters with `replacements` made."""
+
+    literal: str = ""
+    attribute: str = ""
+    count: int = 0
+    replacements: tuple[tuple[str, str], ...] = ()
+
+
+@functools.lru_cache(maxsize=256)
+def _compile_template(template: str) -> tuple[_Part, ...]:
     replacements: list[tuple[str, str]] = []
-    out: list[str] = []
+    parts: list[_Part] = []
     pos = 0
     for token in _TOKEN.finditer(template):
-        out.append(template[pos : token.start()])
+        parts.append(_Part(template[pos : token.start()]))
         pos = token.end()
         old, new, count, name, percent = token.groups()
         if old is not None:
             replacements.append((old, "" if old == new else new))
         elif percent:
-            out.append("%")
+            parts.append(_Part("%"))
         else:
-            value = values[name][: int(count)] if count else values[name]
-            for x, y in replacements:
-                value = value.replace(x, y)
-            out.append(value)
-    out.append(template[pos:])
+            parts.append(_Part("", _FIELDS[name], int(count or 0), tuple(replacements)))
+    parts.append(_Part(template[pos:]))
+    return tuple(p for p in parts if p.literal or p.attribute)
+
+
+def expand_template(template: str, person: Person) -> str:
+    """Substitute the tokens of an Exchange addressing template, literally (no sanitizing)."""
+    out: list[str] = []
+    for part in _compile_template(template):
+        if not part.attribute:
+            out.append(part.literal)
+            continue
+        value: str = getattr(person, part.attribute)
+        if part.count:
+            value = value[: part.count]
+        for x, y in part.replacements:
+            value = value.replace(x, y)
+        out.append(value)
     return "".join(out)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from collections import Counter
 from typing import Any
 
 from ruamel.yaml import YAML
@@ -46,7 +47,8 @@ def format_spec(text: str) -> str:
     _reorder(data, OrganizationSpec)
     out = io.StringIO()
     yaml.dump(data, out)
-    formatted = "\n".join(line.rstrip() for line in out.getvalue().splitlines()) + "\n"
+    # Only YAML's own white space: a plain scalar may end in a no-break space.
+    formatted = "\n".join(line.rstrip(" \t") for line in out.getvalue().splitlines()) + "\n"
     # ruamel.yaml's round trip has rare emitter bugs (an end-of-line comment on a key, then a
     # `- {}` item, glues the next item's keys onto one line): never hand back changed data.
     meaning = parse_yaml(text)
@@ -60,7 +62,21 @@ def format_spec(text: str) -> str:
             1,
             1,
         )
+    # ruamel.yaml also drops a comment line that follows a flow mapping in a block sequence.
+    lost = _comment_lines(text) - _comment_lines(formatted)
+    for number, line in enumerate(text.splitlines(), start=1):
+        if line.strip() in lost:
+            raise YamlSyntaxError(
+                "cannot put this file in canonical form without losing this comment; "
+                "move it, or format the file by hand",
+                number,
+                len(line) - len(line.lstrip()) + 1,
+            )
     return formatted
+
+
+def _comment_lines(text: str) -> Counter[str]:
+    return Counter(line.strip() for line in text.splitlines() if line.lstrip().startswith("#"))
 
 
 def _reorder(node: Any, annotation: Any, parent: Any = None) -> None:
@@ -131,18 +147,24 @@ def _add_lines_above(node: CommentedMap, parent: Any, lines: str) -> None:
     comments (after the key's own end-of-line comment); elsewhere from the mapping's."""
     if not lines:
         return
+    token = CommentToken(lines, CommentMark(0), None)
     if parent is not None and isinstance(parent[0], CommentedMap):
         slots = parent[0].ca.items.setdefault(parent[1], [None, None, None, None])
         if slots[2] is not None:
             slots[2].value = slots[2].value.rstrip("\n") + "\n" + lines
         else:
-            slots[3] = [*(slots[3] or []), CommentToken(lines, CommentMark(0), None)]
+            slots[3] = [*(slots[3] or []), token]
+        return
+    if parent is not None:
+        # A sequence item: above its dash.
+        slots = parent[0].ca.items.setdefault(parent[1], [None, None, None, None])
+        slots[1] = [*(slots[1] or []), token]
         return
     if node.ca.comment is None:
         node.ca.comment = [None, []]
     if node.ca.comment[1] is None:
         node.ca.comment[1] = []
-    node.ca.comment[1].append(CommentToken(lines, CommentMark(0), None))
+    node.ca.comment[1].append(token)
 
 
 def _add_lines_below(node: CommentedMap, key: Any, lines: str) -> None:

@@ -131,7 +131,7 @@ def check_specs(paths: Iterable[str | Path]) -> tuple[list[LoadedSpec], list[Dia
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """Loading makes millions of objects and hardly any cycles; left on, the cyclic collector
     rescans the growing heap again and again (a 100,000-mailbox spec loads 2-3 times slower)."""
     enabled = gc.isenabled()
@@ -145,7 +145,7 @@ def _gc_paused() -> Iterator[None]:
 
 def _load(path: Path) -> tuple[LoadedSpec | None, list[Diagnostic]]:
     work = _Load(path)
-    with _gc_paused():
+    with gc_paused():
         result = _read_and_check(work)
         diagnostics = work.located + [work.locate(p) for p in work.problems]
     if result is None or any(d.severity is Severity.ERROR for d in diagnostics):

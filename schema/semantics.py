@@ -213,7 +213,7 @@ def _check_proxies(
     owners: dict[tuple[object, str], tuple[SpecPath, str]],
 ) -> None:
     explicit = {p.key: k for k, p in enumerate(mailbox.proxy_addresses)}
-    if sum(p.primary for p in mailbox.proxy_addresses) > len(
+    if explicit and sum(p.primary for p in mailbox.proxy_addresses) > len(
         {p.type for p in mailbox.proxy_addresses if p.primary}
     ):
         self.error(
@@ -221,12 +221,10 @@ def _check_proxies(
             "two-primaries",
             "two primary (upper-case) addresses of one type",
         )
+    alias_path = (*path, "alias")
     for proxy in proxies:
-        where = (
-            (*path, "proxy_addresses", explicit[proxy.key])
-            if proxy.key in explicit
-            else (*path, "alias")
-        )
+        k = explicit.get(proxy.key)
+        where = alias_path if k is None else (*path, "proxy_addresses", k)
         other = owners.setdefault(proxy.key, (where, mailbox.alias))
         if other[0] is not where:
             self.problems.append(

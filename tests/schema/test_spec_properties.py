@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 from ruamel.yaml import YAML
@@ -38,7 +38,7 @@ from mailwright.schema.recipients import (
     proxy_addresses,
     smtp_template,
 )
-from mailwright.schema.yamlsource import parse_yaml
+from mailwright.schema.yamlsource import YamlSyntaxError, parse_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
@@ -213,7 +213,18 @@ def test_fmt_is_idempotent_on_the_examples(example: Path) -> None:
 @settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=yaml_texts())
 def test_fmt_is_idempotent_and_keeps_data_and_comments(text: str) -> None:
-    once = format_spec(text)
+    try:
+        parse_yaml(text)
+    except YamlSyntaxError:
+        # ruamel.yaml wrote something libyaml will not read ("?x" in a flow mapping).
+        reject()
+    try:
+        once = format_spec(text)
+    except YamlSyntaxError as exc:
+        # Refused, never changed: some comments ruamel.yaml cannot carry (see format_spec).
+        assert exc.message.startswith("cannot put this file in canonical form"), exc.message
+        event("refused")
+        return
     assert format_spec(once) == once
     assert parse_yaml(once) == parse_yaml(text)
     assert comments(once) == comments(text)
