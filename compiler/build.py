@@ -1,6 +1,6 @@
 """`compile`: validated organizations to artifacts on disk, deterministically.
 
-DIR/<org>/ holds gal.json, gwart.json, gwart.txt, recipients.json, servers.json,
+DIR/<org>/ holds gal.json, gwart.json, gwart.txt, servers.json,
 zones/*.zone, hosts/*.json and manifest.json; DIR/manifest.json lists the organizations
 compiled together. Output is a pure function of the specs, and of the previous manifest for
 zone serials (same records, same serial), so compiling twice gives byte-identical files.
@@ -56,11 +56,6 @@ class Artifacts:
     zones: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def recipients_map(gal: Gal) -> dict[str, str]:
-    """Every proxy address (`TYPE:address`, case-folded) -> the recipient's home server."""
-    return {f"{p.type.value}:{p.address.casefold()}": e.home_server for e in gal for p in e.proxies}
-
-
 def compile_organization(
     loaded: LoadedSpec, previous: dict[str, tuple[str, int]], today: datetime.date
 ) -> Artifacts:
@@ -70,15 +65,11 @@ def compile_organization(
     out.files["gal.json"] = to_json(gal.as_json())
     out.files["gwart.json"] = to_json(gwart.as_json())
     out.files["gwart.txt"] = gwart.as_text()
-    out.files["recipients.json"] = to_json(recipients_map(gal))
     out.files["servers.json"] = to_json(peers(loaded))
     for zone in render_zones(loaded, previous, today):
         out.files[f"zones/{zone.origin}.zone"] = zone.text
         out.zones[zone.origin] = {"content_hash": zone.content_hash, "serial": zone.serial}
-    shared = {
-        name: sha256(out.files[name].encode())
-        for name in ("gal.json", "recipients.json", "servers.json")
-    }
+    shared = {name: sha256(out.files[name].encode()) for name in ("gal.json", "servers.json")}
     shared |= {
         name: sha256(text.encode()) for name, text in out.files.items() if name.startswith("zones/")
     }

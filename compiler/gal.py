@@ -47,11 +47,10 @@ class GalEntry:
 class Gal:
     organization: str
     entries: tuple[GalEntry, ...]
-    _index: dict[tuple[AddressType, str], GalEntry] = field(init=False, repr=False, compare=False)
 
-    def __post_init__(self) -> None:
-        index = {p.key: e for e in self.entries for p in e.proxies}
-        object.__setattr__(self, "_index", index)
+    @functools.cached_property
+    def _index(self) -> dict[tuple[AddressType, str], GalEntry]:
+        return {p.key: e for e in self.entries for p in e.proxies}
 
     def lookup(self, kind: AddressType, address: str) -> GalEntry | None:
         """Proxy addresses compare case-insensitively, across every type."""

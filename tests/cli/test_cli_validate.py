@@ -138,9 +138,7 @@ def test_a_missing_spec_is_an_error_not_a_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-@pytest.mark.parametrize(
-    "arguments", [("validate",), ("validate", "--format", "xml", EXAMPLES[0])]
-)
+@pytest.mark.parametrize("arguments", [("validate",), ("validate", "--format", "xml", EXAMPLES[0])])
 def test_usage_errors_exit_2(arguments: tuple[str, ...]) -> None:
     result = mailwright(*arguments)
     assert result.returncode == 2

@@ -30,6 +30,7 @@ from mailwright.schema.addressing import (
     is_domain,
     sanitize_local_part,
 )
+from mailwright.schema.annotations import item_of, model_of
 from mailwright.schema.fmt import format_spec
 from mailwright.schema.models import Organization
 from mailwright.schema.recipients import (
@@ -154,8 +155,6 @@ scalars = st.one_of(
 
 def documents_of(model: type[Any], depth: int = 0) -> st.SearchStrategy[dict[str, Any]]:
     """Mappings shaped like `model`: any of its keys in any order, unknown keys too."""
-    from mailwright.schema.annotations import item_of, model_of
-
     fields: dict[str, st.SearchStrategy[Any]] = {}
     for name, info in model.model_fields.items():
         nested, item = model_of(info.annotation), model_of(item_of(info.annotation))
@@ -246,7 +245,8 @@ def valid_specs(draw: st.DrawFn) -> dict[str, Any]:
         )
     )
     hosts = iter(draw(st.lists(server_names, min_size=6, max_size=9, unique=True).map(sorted)))
-    sites, stores = [], []
+    sites: list[dict[str, Any]] = []
+    stores: list[str] = []
     for s, site_name in enumerate(site_names):
         servers = []
         for k in range(draw(st.integers(1, 2))):
