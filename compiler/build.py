@@ -12,7 +12,7 @@ import datetime
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -69,10 +69,9 @@ def compile_organization(
     for zone in render_zones(loaded, previous, today):
         out.files[f"zones/{zone.origin}.zone"] = zone.text
         out.zones[zone.origin] = {"content_hash": zone.content_hash, "serial": zone.serial}
-    shared = {name: sha256(out.files[name].encode()) for name in ("gal.json", "servers.json")}
-    shared |= {
-        name: sha256(text.encode()) for name, text in out.files.items() if name.startswith("zones/")
-    }
+    # Hosts name the shared artifacts they read; a change to those alone reloads a host,
+    # a change to its own config restarts it.
+    shared = ["gal.json", "servers.json", *sorted(n for n in out.files if n.startswith("zones/"))]
     context = HostContext(loaded, gwart, gal.homed_on(), shared)
     for site in loaded.spec.sites:
         for server in site.servers:
@@ -103,22 +102,35 @@ def previous_serials(org_dir: Path) -> dict[str, tuple[str, int]]:
         return {}
 
 
-def compile_specs(specs: Sequence[LoadedSpec], out_dir: Path) -> list[Artifacts]:
-    """Compile organizations together and write their artifacts under `out_dir`."""
-    today = build_date()
+def compile_all(
+    specs: Sequence[LoadedSpec],
+    previous: Callable[[str], dict[str, tuple[str, int]]],
+    today: datetime.date,
+) -> list[Artifacts]:
+    """Organizations compiled together; `previous(org)` gives the zone serials last compiled."""
     with gc_paused():
-        compiled = [
-            compile_organization(s, previous_serials(out_dir / s.name), today) for s in specs
-        ]
-    for artifacts in compiled:
-        _write_tree(out_dir / artifacts.organization, artifacts.files)
+        return [compile_organization(s, previous(s.name), today) for s in specs]
+
+
+def tree_files(compiled: Sequence[Artifacts]) -> dict[str, str]:
+    """The whole output tree: `<org>/<artifact>` -> text, and the shared manifest.json."""
+    files = {f"{a.organization}/{name}": text for a in compiled for name, text in a.files.items()}
     network = {
         "format_version": MANIFEST_FORMAT_VERSION,
         "organizations": {
             a.organization: sha256(a.files["manifest.json"].encode()) for a in compiled
         },
     }
-    _write_tree(out_dir, {"manifest.json": to_json(network)})
+    files["manifest.json"] = to_json(network)
+    return files
+
+
+def compile_specs(specs: Sequence[LoadedSpec], out_dir: Path) -> list[Artifacts]:
+    """Compile organizations together and write their artifacts under `out_dir`."""
+    compiled = compile_all(specs, lambda org: previous_serials(out_dir / org), build_date())
+    for artifacts in compiled:
+        _write_tree(out_dir / artifacts.organization, artifacts.files)
+    _write_tree(out_dir, {"manifest.json": tree_files(compiled)["manifest.json"]})
     return compiled
 
 

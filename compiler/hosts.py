@@ -61,7 +61,7 @@ class HostContext:
     loaded: LoadedSpec
     gwart: Gwart
     homed: dict[str, list[GalEntry]]  # home server -> its recipients
-    shared: dict[str, str]  # organization-wide artifacts the hosts read too: path -> sha256
+    shared: list[str]  # the organization-wide artifacts the hosts read too
     resolvers: list[str] = field(init=False)
     _views: dict[tuple[str, str], list[dict[str, Any]]] = field(init=False, default_factory=dict)
 

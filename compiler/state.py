@@ -1,0 +1,195 @@
+"""The state directory: what is applied, written atomically, guarded by a lock.
+
+Layout (default `.mailwright/`):
+  state.json             serial, lineage, the applied manifests, host loopback addresses
+  artifacts/<serial>/    the applied artifact tree (DIR/<org>/... as `compile` writes it)
+  lock                   who is applying: pid, host, since
+  retained/              the stores of mailboxes removed from the spec, until `purge`
+
+Writes go to a temporary file that is fsynced and renamed over the old one, so a crash at any
+point leaves the previous state readable; the artifact tree of a new serial is complete on disk
+before state.json names it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FORMAT_VERSION = 1
+DEFAULT_STATE_DIR = ".mailwright"
+
+
+class StateError(Exception):
+    """The state directory cannot be used as asked; the message says why and what to do."""
+
+
+class LockedError(StateError):
+    def __init__(self, path: Path, holder: dict[str, Any]) -> None:
+        self.holder = holder
+        super().__init__(
+            f"state {path.parent} is locked by pid {holder.get('pid')} on {holder.get('host')} "
+            f"since {holder.get('since')}; wait for it, or run `mailwright force-unlock` "
+            "if that process is gone"
+        )
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename over, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def write_tree_durably(root: Path, files: dict[str, str]) -> None:
+    """Every file written and fsynced, then every folder fsynced, before anyone points at it."""
+    folders = {root}
+    for name, text in files.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", encoding="utf-8", newline="\n") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        folders.update(p for p in path.parents if p.is_relative_to(root))
+    for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)
+
+
+@dataclass
+class State:
+    serial: int = 0
+    lineage: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # organization -> its manifest.json as applied (artifact hashes, zone serials, sources)
+    applied: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # "<org>/<server>" -> loopback address, stable across applies
+    host_addresses: dict[str, str] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "format_version": STATE_FORMAT_VERSION,
+            "serial": self.serial,
+            "lineage": self.lineage,
+            "applied": self.applied,
+            "host_addresses": self.host_addresses,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> State:
+        version = data.get("format_version")
+        if version != STATE_FORMAT_VERSION:
+            raise StateError(f"state format version {version} is not one this mailwright reads")
+        return cls(data["serial"], data["lineage"], data["applied"], data["host_addresses"])
+
+    def zone_serials(self, organization: str) -> dict[str, tuple[str, int]]:
+        zones = self.applied.get(organization, {}).get("zones", {})
+        return {origin: (z["content_hash"], int(z["serial"])) for origin, z in zones.items()}
+
+
+class StateDir:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @property
+    def state_file(self) -> Path:
+        return self.path / "state.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.path / "lock"
+
+    def artifacts(self, serial: int) -> Path:
+        return self.path / "artifacts" / str(serial)
+
+    @property
+    def retained(self) -> Path:
+        return self.path / "retained"
+
+    def store(self, server: str, alias: str) -> Path:
+        return self.path / "hosts" / server / "store" / alias
+
+    def read(self) -> State:
+        try:
+            data = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return State()
+        except (OSError, ValueError) as exc:
+            raise StateError(f"cannot read {self.state_file}: {exc}") from None
+        return State.from_json(data)
+
+    def write(self, state: State) -> None:
+        text = json.dumps(state.as_json(), indent=2, sort_keys=True) + "\n"
+        write_atomic(self.state_file, text.encode())
+
+    def applied_files(self, state: State) -> dict[str, str]:
+        """The applied artifact tree as on disk now (drift included): path -> text."""
+        root = self.artifacts(state.serial)
+        if state.serial == 0 or not root.is_dir():
+            return {}
+        return {
+            str(p.relative_to(root)): p.read_text(encoding="utf-8")
+            for p in sorted(root.rglob("*"))
+            if p.is_file()
+        }
+
+    @contextmanager
+    def locked(self, timeout: float = 0.0) -> Iterator[None]:
+        """Hold the lock; wait up to `timeout` seconds for another holder to let go."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        holder = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        }
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fd = os.open(self.lock_file, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                if time.monotonic() >= deadline:
+                    raise LockedError(self.lock_file, self.lock_holder()) from None
+                time.sleep(0.1)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(holder, handle)
+        try:
+            yield
+        finally:
+            self.lock_file.unlink(missing_ok=True)
+
+    def lock_holder(self) -> dict[str, Any]:
+        try:
+            holder: dict[str, Any] = json.loads(self.lock_file.read_text(encoding="utf-8"))
+            return holder
+        except (OSError, ValueError):
+            return {}
+
+    def force_unlock(self) -> dict[str, Any] | None:
+        """Remove a stale lock; returns who held it, or None when there was none."""
+        if not self.lock_file.exists():
+            return None
+        holder = self.lock_holder()
+        self.lock_file.unlink(missing_ok=True)
+        return holder
