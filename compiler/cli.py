@@ -12,11 +12,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from mailwright.compiler import apply as apply_module
+from mailwright.compiler import plan_report
+from mailwright.compiler.apply import apply, load_plan, prepare, save_plan
 from mailwright.compiler.build import compile_specs
 from mailwright.compiler.graph import render_dot
+from mailwright.compiler.plan import Action, Plan, UnsafePlanError
 from mailwright.compiler.report import ValidationReport, render_github, render_json, render_text
 from mailwright.compiler.route import RouteError, explain_route
 from mailwright.compiler.route_report import render_route, render_route_json
+from mailwright.compiler.state import DEFAULT_STATE_DIR, StateDir, StateError
 from mailwright.compiler.zones import ZoneError
 from mailwright.schema import LoadedSpec, Severity, check_specs
 from mailwright.schema.fmt import format_spec
@@ -176,6 +181,163 @@ def _run_dot(kind: str, text: str, out_file: Path) -> None:
     if result.returncode != 0:
         err.print(f"error: dot failed: {result.stderr.strip()}", markup=False)
         raise typer.Exit(1)
+
+
+StateOption = Annotated[
+    Path,
+    typer.Option(
+        "--state", envvar="MAILWRIGHT_STATE", help="State directory (or $MAILWRIGHT_STATE)."
+    ),
+]
+LockTimeout = Annotated[
+    float, typer.Option("--lock-timeout", help="Seconds to wait for another apply's lock.")
+]
+
+
+class PlanFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+def _print_plan(plan: Plan) -> None:
+    for text, style in plan_report.render_text(plan):
+        out.print(text, style=style or None, markup=False)
+
+
+@app.command()
+def plan(
+    specs: Specs,
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+    output: Annotated[
+        PlanFormat, typer.Option("--format", help="text, json or markdown.")
+    ] = PlanFormat.TEXT,
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json.")] = False,
+    summary: Annotated[bool, typer.Option("--summary", help="Only the changed addresses.")] = False,
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Save the plan for `apply PLANFILE`.")
+    ] = None,
+    detailed_exitcode: Annotated[
+        bool, typer.Option("--detailed-exitcode", help="Exit 0 no changes, 1 error, 2 changes.")
+    ] = False,
+    expect_no_changes: Annotated[
+        bool, typer.Option("--expect-no-changes", help="Exit 2 on any change or drift.")
+    ] = False,
+) -> None:
+    """Show what apply would change, against the applied state."""
+    try:
+        prepared = prepare(_load(specs), StateDir(state))
+    except (StateError, ZoneError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    result = prepared.plan
+    if summary:
+        for line in plan_report.render_summary(result):
+            print(line)
+    elif as_json or output is PlanFormat.JSON:
+        print(plan_report.render_json(result))
+    elif output is PlanFormat.MARKDOWN:
+        sys.stdout.write(plan_report.render_markdown(result))
+    else:
+        _print_plan(result)
+    if out_file is not None:
+        save_plan(prepared, out_file)
+        err.print(
+            f"Saved the plan to {out_file}; apply it with `mailwright apply {out_file}`.",
+            markup=False,
+        )
+    if (detailed_exitcode or expect_no_changes) and result.has_changes:
+        raise typer.Exit(2)
+
+
+@app.command("apply")
+def apply_command(
+    targets: Annotated[
+        list[Path], typer.Argument(help="Spec files, or one saved plan file.", show_default=False)
+    ],
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+    auto_approve: Annotated[
+        bool, typer.Option("--auto-approve", help="Do not ask for confirmation.")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Apply a plan that exceeds the safety limits.")
+    ] = False,
+    lock_timeout: LockTimeout = 0.0,
+) -> None:
+    """Apply specs (after showing the plan and asking) or a saved plan (exactly, no prompt)."""
+    state_dir = StateDir(state)
+    from_file = len(targets) == 1 and targets[0].suffix.lower() not in (".yaml", ".yml")
+    specs = [] if from_file else _load(targets)
+    try:
+        with state_dir.locked(lock_timeout):
+            prepared = load_plan(targets[0], state_dir) if from_file else prepare(specs, state_dir)
+            if not from_file:
+                _print_plan(prepared.plan)
+            prepared.plan.raise_if_unsafe(force)
+            if not prepared.plan.has_changes:
+                return
+            if not from_file and not auto_approve:
+                _confirm()
+            applied = apply(prepared, state_dir)
+    except (StateError, UnsafePlanError, ZoneError) as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    counts = prepared.plan.counts()
+    out.print(
+        f"Apply complete! Resources: {counts[Action.CREATE]} added, "
+        f"{counts[Action.UPDATE]} changed, "
+        f"{counts[Action.DELETE]} destroyed. State serial {applied.serial}.",
+        style="green bold",
+        markup=False,
+    )
+
+
+def _confirm() -> None:
+    if not sys.stdin.isatty():
+        err.print(
+            "error: no terminal to confirm on; review with `mailwright plan` and pass "
+            "--auto-approve, or apply a saved plan",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    if typer.prompt("Apply these changes? Only 'yes' will be accepted", default="") != "yes":
+        err.print("Apply cancelled.", markup=False)
+        raise typer.Exit(1)
+
+
+@app.command("force-unlock")
+def force_unlock(state: StateOption = Path(DEFAULT_STATE_DIR)) -> None:
+    """Remove a stale lock left by an apply that died."""
+    holder = StateDir(state).force_unlock()
+    if holder is None:
+        out.print(f"{state} is not locked.", markup=False)
+    else:
+        out.print(
+            f"Removed the lock of pid {holder.get('pid')} on {holder.get('host')} "
+            f"(since {holder.get('since')}).",
+            markup=False,
+        )
+
+
+@app.command()
+def purge(
+    names: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Retained stores to delete (ORG/ALIAS or ALIAS prefixes).", show_default=False
+        ),
+    ] = None,
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+    purge_all: Annotated[bool, typer.Option("--all", help="Delete every retained store.")] = False,
+) -> None:
+    """Delete the retained mail of mailboxes removed from the spec. This cannot be undone."""
+    if not names and not purge_all:
+        err.print("error: name the retained stores to delete, or pass --all", markup=False)
+        raise typer.Exit(1)
+    state_dir = StateDir(state)
+    with state_dir.locked():
+        for path in apply_module.purge(state_dir, names or []):
+            out.print(f"purged {path}", markup=False)
 
 
 @app.command()

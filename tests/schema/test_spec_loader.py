@@ -33,7 +33,7 @@ def test_every_mailbox_gets_valid_primary_addresses_of_each_type(example: Path) 
             assert check_address(proxy.type, proxy.address) is None, proxy
 
 
-def test_imported_mailboxes_follow_the_spec_own(tmp_path: Path) -> None:
+def test_imported_mailboxes_come_after_the_spec_own(tmp_path: Path) -> None:
     for name in ("csv_home_server.yaml", "csv_home_server.csv"):
         shutil.copy(GOLDEN / name, tmp_path / name)
     csv = tmp_path / "csv_home_server.csv"

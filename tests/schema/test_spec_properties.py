@@ -96,6 +96,7 @@ def check_generated_smtp(template: str, mailbox: Mailbox) -> None:
     assert domain == domain.lower()
 
 
+@settings(deadline=None)
 @given(template=templates, mailbox=mailboxes)
 def test_site_addressing_yields_a_dot_string_local_part(template: str, mailbox: Mailbox) -> None:
     try:
@@ -105,6 +106,7 @@ def test_site_addressing_yields_a_dot_string_local_part(template: str, mailbox: 
         reject()
 
 
+@settings(deadline=None)
 @given(template=st.text(), mailbox=mailboxes)
 def test_any_text_is_refused_as_a_template_or_yields_a_dot_string(
     template: str, mailbox: Mailbox
@@ -116,12 +118,14 @@ def test_any_text_is_refused_as_a_template_or_yields_a_dot_string(
         assert "smtp" in exc.errors()[0]["loc"]
 
 
+@settings(deadline=None)
 @given(text=st.text())
 def test_sanitizing_any_text_gives_a_dot_string_or_nothing(text: str) -> None:
     local = sanitize_local_part(text)
     assert local == "" or (DOT_STRING.fullmatch(local) and len(local) <= 64)
 
 
+@settings(deadline=None)
 @given(template=templates, mailbox=mailboxes)
 def test_every_generated_address_is_valid_for_its_type(template: str, mailbox: Mailbox) -> None:
     try:

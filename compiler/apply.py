@@ -1,0 +1,190 @@
+"""Planning against the state directory, saved plans, and applying them.
+
+A saved plan holds the compiled tree it would apply, bound to the state's lineage and serial
+and to the spec files' hashes, with a checksum: `apply PLANFILE` applies exactly that, refuses
+it once the state moved on (so a plan made on an empty state applies once), and refuses an
+altered file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mailwright.compiler.build import build_date, compile_all, tree_files
+from mailwright.compiler.plan import Action, Plan, make_plan
+from mailwright.compiler.state import State, StateDir, StateError, write_atomic, write_tree_durably
+from mailwright.runtime.launcher import HostAction, launch
+from mailwright.schema import LoadedSpec
+
+PLANFILE_FORMAT_VERSION = 1
+# Hosts get 127.0.1.1, 127.0.1.2, ...: inside 127.0.0.0/8 and clear of 127.0.0.1 itself.
+FIRST_HOST_ADDRESS = ipaddress.IPv4Address("127.0.1.1")
+
+
+class PlanFileError(StateError):
+    """A saved plan that must not be applied: altered, stale, or not a plan."""
+
+
+@dataclass
+class PreparedPlan:
+    """A plan with what applying it needs: the compiled tree and what it was planned against."""
+
+    plan: Plan
+    files: dict[str, str]
+    lineage: str
+    state_serial: int
+    spec_hashes: dict[str, str]
+
+
+def prepare(specs: Sequence[LoadedSpec], state_dir: StateDir) -> PreparedPlan:
+    state = state_dir.read()
+    compiled = compile_all(specs, state.zone_serials, build_date())
+    files = tree_files(compiled)
+    return _prepared(state_dir, state, files, _spec_hashes(compiled, files))
+
+
+def _prepared(
+    state_dir: StateDir, state: State, files: dict[str, str], hashes: dict[str, str]
+) -> PreparedPlan:
+    plan = make_plan(state_dir.applied_files(state), state.applied, files)
+    return PreparedPlan(plan, files, state.lineage, state.serial, hashes)
+
+
+def _spec_hashes(compiled: Sequence[Any], files: dict[str, str]) -> dict[str, str]:
+    hashes: dict[str, str] = {}
+    for artifacts in compiled:
+        manifest = json.loads(files[f"{artifacts.organization}/manifest.json"])
+        hashes.update(manifest["sources"])
+    return hashes
+
+
+def _checksum(body: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def save_plan(prepared: PreparedPlan, path: Path) -> None:
+    body = {
+        "format_version": PLANFILE_FORMAT_VERSION,
+        "lineage": prepared.lineage,
+        "state_serial": prepared.state_serial,
+        "spec_hashes": prepared.spec_hashes,
+        "files": prepared.files,
+    }
+    # The file holds host configs, password hashes included: readable by its owner only.
+    text = json.dumps({**body, "checksum": _checksum(body)}, sort_keys=True)
+    write_atomic(path, text.encode())
+    path.chmod(0o600)
+
+
+def load_plan(path: Path, state_dir: StateDir) -> PreparedPlan:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        checksum = document.pop("checksum")
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise PlanFileError(f"{path} is not a mailwright plan file: {exc}") from None
+    if checksum != _checksum(document):
+        raise PlanFileError(
+            f"{path} was altered after it was saved (checksum mismatch); make a new plan"
+        )
+    if document.get("format_version") != PLANFILE_FORMAT_VERSION:
+        raise PlanFileError(
+            f"{path} has plan format {document.get('format_version')}, "
+            f"not {PLANFILE_FORMAT_VERSION}"
+        )
+    state = state_dir.read()
+    if (document["lineage"], document["state_serial"]) != (state.lineage, state.serial) and not (
+        document["state_serial"] == 0 == state.serial
+    ):
+        raise PlanFileError(
+            f"{path} is stale: it was planned against state serial {document['state_serial']}, "
+            f"and the state is now at serial {state.serial}; make a new plan"
+        )
+    return _prepared(state_dir, state, document["files"], document["spec_hashes"])
+
+
+def apply(prepared: PreparedPlan, state_dir: StateDir) -> State:
+    """Write the artifacts and the new state (caller holds the lock and checked safety)."""
+    state = state_dir.read()
+    if (state.lineage, state.serial) != (prepared.lineage, prepared.state_serial) and not (
+        prepared.state_serial == 0 == state.serial
+    ):
+        raise PlanFileError("the state changed while planning; make a new plan")
+    new = State(
+        serial=state.serial + 1,
+        lineage=state.lineage,
+        applied={
+            name.split("/", 1)[0]: json.loads(text)
+            for name, text in prepared.files.items()
+            if name.endswith("/manifest.json")
+        },
+        host_addresses=_host_addresses(state.host_addresses, prepared.files),
+    )
+    target = state_dir.artifacts(new.serial).resolve()
+    if target.exists():
+        shutil.rmtree(target)  # leftovers of an apply that crashed before naming them
+    write_tree_durably(target, prepared.files)
+    _retain_removed_stores(prepared.plan, state_dir, new.serial)
+    state_dir.write(new)
+    launch(
+        state_dir.path,
+        target,
+        new.serial,
+        [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions],
+    )
+    old = state_dir.artifacts(state.serial)
+    if state.serial and old.exists():
+        shutil.rmtree(old)
+    return new
+
+
+def _host_addresses(previous: dict[str, str], files: dict[str, str]) -> dict[str, str]:
+    """Each host keeps its loopback address across applies; new hosts take the next free one."""
+    hosts = sorted(
+        f"{name.split('/', 1)[0]}/{name.rsplit('/', 1)[1].removesuffix('.json')}"
+        for name in files
+        if "/hosts/" in name
+    )
+    kept = {h: a for h, a in previous.items() if h in hosts}
+    used = {ipaddress.IPv4Address(a) for a in kept.values()}
+    candidate = FIRST_HOST_ADDRESS
+    for host in hosts:
+        if host not in kept:
+            while candidate in used:
+                candidate += 1
+            kept[host] = str(candidate)
+            used.add(candidate)
+    return dict(sorted(kept.items()))
+
+
+def _retain_removed_stores(plan: Plan, state_dir: StateDir, serial: int) -> None:
+    """Removing a mailbox from the spec never deletes mail: its store moves to retained/."""
+    for change in plan.changes:
+        if change.action is Action.DELETE and change.resource.kind == "mailbox":
+            attributes = change.resource.attributes
+            store = state_dir.store(attributes["home_server"], attributes["alias"])
+            if store.exists():
+                destination = (
+                    state_dir.retained
+                    / change.resource.organization
+                    / f"{attributes['alias']}.{serial}"
+                )
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                store.rename(destination)
+
+
+def purge(state_dir: StateDir, names: Sequence[str]) -> list[Path]:
+    """Delete retained stores for good: all, or those whose name starts with one of `names`."""
+    removed = []
+    for path in sorted(state_dir.retained.glob("*/*")) if state_dir.retained.is_dir() else []:
+        label = f"{path.parent.name}/{path.name}"
+        if not names or any(label.startswith(n) or path.name.startswith(n) for n in names):
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed

@@ -1,0 +1,333 @@
+"""The plan: what applying would change, at the level an administrator thinks in.
+
+A plan is a value, like octoDNS's: typed resource changes (mailboxes, proxy addresses, GWART
+routes, DNS records, zone serials, hosts), the runtime actions they imply, drift found on disk,
+and the safety findings that `raise_if_unsafe` turns into a refusal unless forced.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.rdatatype
+import dns.zone
+
+SENSITIVE = "(sensitive)"
+# Blast radius: removing more than this share of mailboxes or of a zone's records, once there
+# are at least MIN_FOR_RATIO of them, needs --force; so does any change of an NS record.
+MAX_REMOVED_RATIO = 0.30
+MIN_FOR_RATIO = 10
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+    @property
+    def symbol(self) -> str:
+        return {"create": "+", "update": "~", "delete": "-"}[self.value]
+
+
+class UnsafePlanError(Exception):
+    def __init__(self, reasons: Iterable[str]) -> None:
+        self.reasons = list(reasons)
+        super().__init__("refusing to apply without --force: " + "; ".join(self.reasons))
+
+
+@dataclass(frozen=True)
+class Resource:
+    kind: str  # mailbox, proxy, route, record, zone, host
+    name: str
+    organization: str
+    attributes: Mapping[str, Any]
+    sensitive: frozenset[str] = frozenset()
+
+    @property
+    def address(self) -> str:
+        return f"{self.kind} {self.name}"
+
+    def shown(self) -> dict[str, Any]:
+        """Attributes as they may be printed: secrets masked."""
+        return {k: SENSITIVE if k in self.sensitive else v for k, v in self.attributes.items()}
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    action: Action
+    before: Resource | None
+    after: Resource | None
+
+    @property
+    def resource(self) -> Resource:
+        found = self.after or self.before
+        assert found is not None
+        return found
+
+    @property
+    def address(self) -> str:
+        return self.resource.address
+
+    def changed(self) -> list[tuple[str, Any, Any]]:
+        """(attribute, before, after) for each attribute that differs, secrets masked."""
+        before = self.before.shown() if self.before else {}
+        after = self.after.shown() if self.after else {}
+        raw_before = self.before.attributes if self.before else {}
+        raw_after = self.after.attributes if self.after else {}
+        return [
+            (k, before.get(k), after.get(k))
+            for k in sorted(set(raw_before) | set(raw_after))
+            if raw_before.get(k) != raw_after.get(k)
+        ]
+
+
+@dataclass(frozen=True)
+class RuntimeAction:
+    host: str  # "<org>/<server>"
+    action: str  # start, restart, reload, stop
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drift:
+    artifact: str
+    problem: str  # modified, deleted, added
+
+
+@dataclass
+class Plan:
+    changes: list[ResourceChange]
+    runtime_actions: list[RuntimeAction]
+    drift: list[Drift]
+    unsafe: list[str] = field(default_factory=list)
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes or self.drift or self.runtime_actions)
+
+    def counts(self) -> dict[Action, int]:
+        return {a: sum(c.action is a for c in self.changes) for a in Action}
+
+    def summary_line(self) -> str:
+        counts = self.counts()
+        return (
+            f"Plan: {counts[Action.CREATE]} to add, {counts[Action.UPDATE]} to change, "
+            f"{counts[Action.DELETE]} to destroy."
+        )
+
+    def raise_if_unsafe(self, force: bool) -> None:
+        if self.unsafe and not force:
+            raise UnsafePlanError(self.unsafe)
+
+
+def resources(files: Mapping[str, str]) -> dict[str, Resource]:
+    """Every resource described by a compiled tree (`<org>/<artifact>` -> text)."""
+    found: dict[str, Resource] = {}
+    for organization in sorted({name.split("/", 1)[0] for name in files if "/" in name}):
+        own = {n.split("/", 1)[1]: t for n, t in files.items() if n.startswith(organization + "/")}
+        for resource in _organization_resources(organization, own):
+            found[resource.address] = resource
+    return found
+
+
+def _organization_resources(organization: str, files: Mapping[str, str]) -> Iterable[Resource]:
+    passwords = _password_hashes(files)
+    if "gal.json" in files:
+        for entry in json.loads(files["gal.json"])["recipients"]:
+            yield _mailbox(organization, entry, passwords)
+            for kind, address in entry["primary"].items():
+                yield Resource(
+                    "proxy",
+                    f"{kind}:{address}",
+                    organization,
+                    {"recipient": entry["alias"], "primary": True},
+                )
+            for text in entry["secondary"]:
+                kind, _, address = text.partition(":")
+                yield Resource(
+                    "proxy",
+                    f"{kind.upper()}:{address}",
+                    organization,
+                    {"recipient": entry["alias"], "primary": False},
+                )
+    if "gwart.json" in files:
+        for route in json.loads(files["gwart.json"])["routes"]:
+            space = route["address_space"] or "(any)"
+            via = route["gateway"] or "(local)"
+            attributes = {k: route[k] for k in ("cost", "scope", "site", "location")}
+            yield Resource(
+                "route",
+                f"{organization} {route['type']}:{space} via {via}",
+                organization,
+                attributes,
+            )
+    for name, text in files.items():
+        if name.startswith("zones/"):
+            yield from _zone_resources(
+                organization, name.removeprefix("zones/").removesuffix(".zone"), text
+            )
+        elif name.startswith("hosts/"):
+            server = name.removeprefix("hosts/").removesuffix(".json")
+            yield _host(organization, server, text)
+
+
+def _password_hashes(files: Mapping[str, str]) -> dict[str, str]:
+    hashes = {}
+    for name, text in files.items():
+        if name.startswith("hosts/"):
+            for mailbox in json.loads(text)["mailboxes"]:
+                hashes[mailbox["alias"]] = mailbox["password_hash"]
+    return hashes
+
+
+def _mailbox(organization: str, entry: dict[str, Any], passwords: dict[str, str]) -> Resource:
+    attributes: dict[str, Any] = {
+        "alias": entry["alias"],
+        "display_name": entry["display_name"],
+        "site": entry["site"],
+        "home_server": entry["home_server"],
+        "size_limit": entry["size_limit"],
+        "password": passwords.get(entry["alias"]),
+    }
+    for key, value in entry["protocols"]["pop3"].items():
+        attributes[f"pop3.{key}"] = value
+    return Resource(
+        "mailbox", entry["primary"]["SMTP"], organization, attributes, frozenset({"password"})
+    )
+
+
+def _zone_resources(organization: str, origin: str, text: str) -> Iterable[Resource]:
+    zone = dns.zone.from_text(text, origin, relativize=False, check_origin=False)
+    for name, node in sorted(zone.nodes.items()):
+        for rdataset in node.rdatasets:
+            if rdataset.rdtype == dns.rdatatype.SOA:
+                yield Resource("zone", origin, organization, {"serial": rdataset[0].serial})
+                continue
+            kind = dns.rdatatype.to_text(rdataset.rdtype)
+            for rdata in rdataset:
+                yield Resource(
+                    "record",
+                    f"{name} {kind} {rdata.to_text()}",
+                    organization,
+                    {"zone": origin, "ttl": rdataset.ttl},
+                )
+
+
+def _host(organization: str, server: str, text: str) -> Resource:
+    config = json.loads(text)
+    attributes = {
+        "roles": config["server"]["roles"],
+        "services": config["server"]["services"],
+        "mailboxes": len(config["mailboxes"]),
+        "config": _digest(text)[:12],
+    }
+    return Resource("host", f"{organization}/{server}", organization, attributes)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+KIND_ORDER = {"mailbox": 0, "proxy": 1, "route": 2, "zone": 3, "record": 4, "host": 5}
+
+
+def diff(before: Mapping[str, Resource], after: Mapping[str, Resource]) -> list[ResourceChange]:
+    changes = []
+    for address in set(before) | set(after):
+        old, new = before.get(address), after.get(address)
+        if old is None:
+            changes.append(ResourceChange(Action.CREATE, None, new))
+        elif new is None:
+            changes.append(ResourceChange(Action.DELETE, old, None))
+        elif old.attributes != new.attributes:
+            changes.append(ResourceChange(Action.UPDATE, old, new))
+    return sorted(changes, key=lambda c: (KIND_ORDER[c.resource.kind], c.resource.name))
+
+
+def runtime_actions(old: Mapping[str, str], new: Mapping[str, str]) -> list[RuntimeAction]:
+    """A new host starts, a removed one stops, a changed config restarts its host, and a change
+    to the shared artifacts alone (GAL, servers, zones) has the organization's hosts reload."""
+    actions = []
+    for name in sorted(n for n in set(old) | set(new) if "/hosts/" in n):
+        organization, _, file = name.partition("/hosts/")
+        host = f"{organization}/{file.removesuffix('.json')}"
+        if name not in old:
+            actions.append(RuntimeAction(host, "start", "new host"))
+        elif name not in new:
+            actions.append(RuntimeAction(host, "stop", "host removed from the spec"))
+        elif old[name] != new[name]:
+            actions.append(RuntimeAction(host, "restart", "host config changed"))
+        elif shared := _shared_changes(organization, old, new):
+            actions.append(RuntimeAction(host, "reload", f"{', '.join(shared)} changed"))
+    return actions
+
+
+def _shared_changes(organization: str, old: Mapping[str, str], new: Mapping[str, str]) -> list[str]:
+    prefix = f"{organization}/"
+    names = {n for n in set(old) | set(new) if n.startswith(prefix)}
+    shared = sorted(
+        n.removeprefix(prefix)
+        for n in names
+        if n.removeprefix(prefix) in ("gal.json", "servers.json")
+        or n.removeprefix(prefix).startswith("zones/")
+    )
+    return [n for n in shared if old.get(prefix + n) != new.get(prefix + n)]
+
+
+def drift(applied: Mapping[str, Mapping[str, Any]], on_disk: Mapping[str, str]) -> list[Drift]:
+    """Artifacts edited or deleted on disk since they were applied."""
+    found = []
+    for organization, manifest in sorted(applied.items()):
+        for name, digest in sorted(manifest.get("artifacts", {}).items()):
+            text = on_disk.get(f"{organization}/{name}")
+            if text is None:
+                found.append(Drift(f"{organization}/{name}", "deleted"))
+            elif _digest(text) != digest:
+                found.append(Drift(f"{organization}/{name}", "modified"))
+    return found
+
+
+def unsafe_findings(before: Mapping[str, Resource], changes: list[ResourceChange]) -> list[str]:
+    findings = []
+    deleted = [c.resource for c in changes if c.action is Action.DELETE]
+    groups: dict[tuple[str, str], int] = {}
+    for resource in before.values():
+        if resource.kind in ("mailbox", "record"):
+            groups[_group(resource)] = groups.get(_group(resource), 0) + 1
+    for group, total in sorted(groups.items()):
+        removed = sum(_group(r) == group for r in deleted)
+        if total >= MIN_FOR_RATIO and removed > MAX_REMOVED_RATIO * total:
+            kind, where = group
+            findings.append(f"removes {removed} of {total} {kind}s of {where} (over 30%)")
+    zones = {r.name for r in before.values() if r.kind == "zone"}
+    for change in changes:
+        resource = change.resource
+        if (
+            resource.kind == "record"
+            and " NS " in resource.name
+            and resource.attributes["zone"] in zones
+        ):
+            findings.append(f"changes an NS record: {change.action.symbol} {resource.name}")
+    return findings
+
+
+def _group(resource: Resource) -> tuple[str, str]:
+    if resource.kind == "mailbox":
+        return ("mailbox", f"organization {resource.organization}")
+    return ("record", f"zone {resource.attributes['zone']}")
+
+
+def make_plan(
+    old: Mapping[str, str], applied: Mapping[str, Mapping[str, Any]], new: Mapping[str, str]
+) -> Plan:
+    """old: the applied tree as on disk; applied: the manifests state recorded; new: compiled."""
+    before, after = resources(old), resources(new)
+    changes = diff(before, after)
+    return Plan(
+        changes, runtime_actions(old, new), drift(applied, old), unsafe_findings(before, changes)
+    )
