@@ -21,6 +21,7 @@ demo: $(STAMP)
 	$(BIN)/mailwright compile $(SEED) --out build
 	cat build/DCNW/gwart.txt
 	$(BIN)/mailwright route mark@minasi.com --from athena $(SEED)
+	$(BIN)/mailwright plan $(SEED) --state .mailwright
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -22,8 +22,9 @@ from mailwright.compiler.report import ValidationReport, render_github, render_j
 from mailwright.compiler.route import RouteError, explain_route
 from mailwright.compiler.route_report import render_route, render_route_json
 from mailwright.compiler.state import DEFAULT_STATE_DIR, StateDir, StateError
-from mailwright.compiler.zones import ZoneError
-from mailwright.schema import LoadedSpec, Severity, check_specs
+from mailwright.compiler.zones import ZoneError, zone_diagnostics
+from mailwright.schema import Diagnostic, LoadedSpec, Severity, check_specs
+from mailwright.schema.diagnostics import sorted_diagnostics
 from mailwright.schema.fmt import format_spec
 from mailwright.schema.jsonschema import spec_json_schema_text
 from mailwright.schema.passwords import hash_password
@@ -58,7 +59,7 @@ def validate(
     ] = OutputFormat.TEXT,
 ) -> None:
     """Check specs: every problem at once, each at FILE:LINE:COL. Exit 1 on any error."""
-    loaded, diagnostics = check_specs(specs)
+    loaded, diagnostics = _check(specs)
     report = ValidationReport([str(s) for s in specs], loaded, diagnostics)
     if output is OutputFormat.JSON:
         print(render_json(report))
@@ -71,9 +72,19 @@ def validate(
     raise typer.Exit(0 if report.valid else 1)
 
 
+def _check(specs: list[Path]) -> tuple[list[LoadedSpec], list[Diagnostic]]:
+    """The schema's checks, and what the zones' name servers would refuse."""
+    loaded, diagnostics = check_specs(specs)
+    zone_problems = [d for spec in loaded for d in zone_diagnostics(spec)]
+    if zone_problems:
+        bad = {d.position.file for d in zone_problems}
+        loaded = [spec for spec in loaded if str(spec.path) not in bad]
+    return loaded, sorted_diagnostics([*diagnostics, *zone_problems])
+
+
 def _load(specs: list[Path]) -> list[LoadedSpec]:
     """Valid organizations, or the diagnostics and exit 1; warnings go to stderr either way."""
-    loaded, diagnostics = check_specs(specs)
+    loaded, diagnostics = _check(specs)
     for diagnostic in diagnostics:
         color = "red" if diagnostic.severity is Severity.ERROR else "yellow"
         err.print(str(diagnostic), style=color, markup=False)

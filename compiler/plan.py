@@ -16,6 +16,7 @@ from typing import Any
 
 import dns.rdatatype
 import dns.zone
+from dns.exception import DNSException
 
 SENSITIVE = "(sensitive)"
 # Blast radius: removing more than this share of mailboxes or of a zone's records, once there
@@ -294,7 +295,12 @@ def drift(applied: Mapping[str, Mapping[str, Any]], on_disk: Mapping[str, str]) 
 
 def unsafe_findings(before: Mapping[str, Resource], changes: list[ResourceChange]) -> list[str]:
     findings = []
-    deleted = [c.resource for c in changes if c.action is Action.DELETE]
+    # Only mailboxes and records count towards the blast radius (a deleted proxy has no zone).
+    deleted = [
+        c.resource
+        for c in changes
+        if c.action is Action.DELETE and c.resource.kind in ("mailbox", "record")
+    ]
     groups: dict[tuple[str, str], int] = {}
     for resource in before.values():
         if resource.kind in ("mailbox", "record"):
@@ -309,7 +315,7 @@ def unsafe_findings(before: Mapping[str, Resource], changes: list[ResourceChange
         resource = change.resource
         if (
             resource.kind == "record"
-            and " NS " in resource.name
+            and resource.name.split(" ", 2)[1] == "NS"
             and resource.attributes["zone"] in zones
         ):
             findings.append(f"changes an NS record: {change.action.symbol} {resource.name}")
@@ -326,8 +332,23 @@ def make_plan(
     old: Mapping[str, str], applied: Mapping[str, Mapping[str, Any]], new: Mapping[str, str]
 ) -> Plan:
     """old: the applied tree as on disk; applied: the manifests state recorded; new: compiled."""
-    before, after = resources(old), resources(new)
+    drifted = drift(applied, old)
+    broken = _unreadable(drifted, old)
+    before = resources({n: t for n, t in old.items() if n not in broken})
+    after = resources(new)
     changes = diff(before, after)
-    return Plan(
-        changes, runtime_actions(old, new), drift(applied, old), unsafe_findings(before, changes)
-    )
+    return Plan(changes, runtime_actions(old, new), drifted, unsafe_findings(before, changes))
+
+
+def _unreadable(drifted: Iterable[Drift], files: Mapping[str, str]) -> set[str]:
+    """Artifacts edited on disk into something that no longer parses: they read as absent, so
+    the plan shows what restoring them brings back instead of failing."""
+    broken = set()
+    for item in drifted:
+        if item.problem == "modified":
+            organization, _, name = item.artifact.partition("/")
+            try:
+                list(_organization_resources(organization, {name: files[item.artifact]}))
+            except (ValueError, LookupError, TypeError, AttributeError, DNSException):
+                broken.add(item.artifact)
+    return broken

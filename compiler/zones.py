@@ -23,7 +23,14 @@ import dns.rdtypes.ANY.NS
 import dns.rdtypes.IN.SRV
 import jinja2
 
-from mailwright.schema import LoadedSpec, OrganizationSpec, Server, Zone
+from mailwright.schema import (
+    Diagnostic,
+    LoadedSpec,
+    OrganizationSpec,
+    Server,
+    Severity,
+    Zone,
+)
 from mailwright.schema.addressing import AddressType
 from mailwright.schema.models import ImsConnector, Role
 
@@ -369,3 +376,18 @@ def _render(zone: _ZoneData, serial: int) -> str:
             widths=widths,
         )
     )
+
+
+def zone_diagnostics(loaded: LoadedSpec) -> list[Diagnostic]:
+    """What no name server would load, located at the zone in the spec, for `validate`."""
+    found = []
+    for i, zone in enumerate(loaded.spec.dns):
+        try:
+            _forward_zone(loaded.spec, zone)
+        except ZoneError as exc:
+            position = loaded.locate(("dns", i, "domain"))
+            found += [
+                Diagnostic(position, Severity.ERROR, "zone-conflict", f"zone {zone.domain}: {p}")
+                for p in exc.problems
+            ]
+    return found

@@ -68,6 +68,10 @@ class LoadedSpec:
     def name(self) -> str:
         return self.spec.organization.name
 
+    def locate(self, path: SpecPath) -> Position:
+        """Where a path into the spec file stands, for problems found after loading."""
+        return _locate(self, path)
+
 
 @dataclass
 class _Load:

@@ -26,6 +26,7 @@ from pydantic import (
 from mailwright.schema.addressing import (
     AddressType,
     ProxyAddress,
+    check_address,
     check_template,
     is_domain,
     is_local_part,
@@ -326,6 +327,14 @@ class DirectoryImport(StrictModel):
 class SoaSettings(StrictModel):
     # The zone's contact mailbox; default hostmaster@<domain>.
     contact: str | None = None
+
+    @field_validator("contact")
+    @classmethod
+    def _contact(cls, value: str | None) -> str | None:
+        # RFC 1035 §3.3.13: RNAME is a mailbox, written here as local-part@domain.
+        if value is not None and (problem := check_address(AddressType.SMTP, value)):
+            raise ValueError(problem)
+        return value
     refresh: Duration = 3600
     retry: Duration = 600
     expire: Duration = 1_209_600

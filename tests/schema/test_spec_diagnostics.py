@@ -74,6 +74,7 @@ def positions(output: str) -> list[tuple[str, int, int]]:
 @pytest.mark.parametrize("case", CASES, ids=[case.stem for case in CASES])
 def test_validate_prints_the_expected_diagnostics(case: Path) -> None:
     result = validate(*spec_arguments(case))
+    assert result.stderr == "", result.stderr
     expected_file = GOLDEN / f"{case.stem}.expected"
     if REGENERATE:
         expected_file.write_text(result.stdout, encoding="utf-8")
@@ -86,7 +87,6 @@ def test_validate_prints_the_expected_diagnostics(case: Path) -> None:
             "mailwright validate",
         )
         pytest.fail("output differs from the golden file:\n" + "".join(diff))
-    assert result.stderr == ""
     has_errors = any(": error: " in line for line in result.stdout.splitlines())
     assert result.returncode == (1 if has_errors else 0)
 
@@ -112,7 +112,7 @@ def test_every_expected_file_belongs_to_a_case() -> None:
 @pytest.mark.parametrize("fixture", sorted(PLAINTEXTS))
 def test_a_plaintext_password_never_appears_in_any_output(fixture: str, output: str) -> None:
     result = validate("--format", output, *spec_arguments(GOLDEN / fixture))
-    assert result.returncode == 1
+    assert result.returncode == 1, result.stderr
     assert "hash-password" in result.stdout
     for plaintext in PLAINTEXTS[fixture]:
         assert plaintext not in result.stdout + result.stderr
