@@ -13,8 +13,18 @@ memory carries over: `mailwright.schema.load_spec` (parse and validate: "load+va
 seconds of each phase and its peak resident set size (getrusage ru_maxrss) after imports, after
 loading and at the end. The targets are printed next to the figures.
 
+Plan: for the largest CSV organization (100k mailboxes by default) it then applies once into a
+temporary state directory (load_specs, prepare, apply, in this process), gives ONE mailbox a new
+display name in its CSV file, and in a fresh child process times what `mailwright plan` does:
+`load_specs` then `prepare` (compile, read the applied tree, diff). It prints the time, the
+resource changes by kind and action, and the runtime actions, and checks that the plan holds
+exactly that mailbox's change and its home server's host config. It also times the
+`mailwright plan --detailed-exitcode` command itself, start-up and text rendering included.
+
 Run: .venv/bin/python benchmarks/compile_scale.py [--sizes 1000,10000,100000] [--all]
+     .venv/bin/python benchmarks/compile_scale.py --plan-only [--sizes 100000]  # the plan only
      .venv/bin/python benchmarks/compile_scale.py --profile csv:100000   # cProfile, top hotspots
+     .venv/bin/python benchmarks/compile_scale.py --profile plan:100000  # the plan's hotspots
 A script that prints figures, not a test.
 """
 
@@ -32,10 +42,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import argon2
 
@@ -54,6 +65,8 @@ TARGET_GROWTH_FROM, TARGET_GROWTH_TO, TARGET_GROWTH = 10_000, 100_000, 12.0
 # The one-YAML-file form of 100k is measured by default only when the 10k figures promise it
 # within this many seconds (generation, load and compile together); --all measures it anyway.
 BIG_YAML_SIZE, BIG_YAML_BUDGET = 100_000, 30.0
+# Plan on the 100k-mailbox organization with one mailbox changed: at most 3 s, exactly that change.
+TARGET_PLAN_SIZE, TARGET_PLAN_SECONDS = 100_000, 3.0
 
 GIVEN = ("Jane", "Mark", "Paula", "Oliver", "Amelia", "Naomi", "Kenji", "Alex", "Allan", "Rosa")
 SURNAMES = ("Doe", "Minasi", "Reyes", "Bennett", "Clarke", "Kobayashi", "Tanaka", "Wilber")
@@ -234,10 +247,16 @@ def profile_child(spec: Path, out_dir: Path, top: int) -> None:
     from mailwright.schema import LoadedSpec, load_spec  # noqa: PLC0415
 
     holder: list[LoadedSpec] = []
-    phases: list[tuple[str, Callable[[], object]]] = [
-        ("load+validate", lambda: holder.append(load_spec(spec))),
-        ("compile", lambda: compile_specs(holder, out_dir)),
-    ]
+    _profile(
+        [
+            ("load+validate", lambda: holder.append(load_spec(spec))),
+            ("compile", lambda: compile_specs(holder, out_dir)),
+        ],
+        top,
+    )
+
+
+def _profile(phases: Sequence[tuple[str, Callable[[], object]]], top: int) -> None:
     for name, work in phases:
         profiler = cProfile.Profile()
         start = time.perf_counter()
@@ -262,6 +281,227 @@ def _trim_stats(text: str, root: Path) -> str:
             line = head[: head.rfind(" ") + 1] + tail
         shortened.append(line)
     return "\n".join(shortened).rstrip() + "\n"
+
+
+# --- plan: one mailbox changed after an apply -----------------------------------------------
+
+ORGANIZATION = "Scale"
+RENAMED = " (renamed)"
+SHOWN_CHANGES = 10  # changes the plan child reports in full
+
+
+@dataclass(frozen=True)
+class OneChange:
+    """The one edit made to the applied organization: a mailbox's new display name."""
+
+    alias: str
+    home_server: str
+    before: str
+    after: str
+
+
+def change_one_mailbox(root: Path, shape: Shape) -> OneChange:
+    """Give the middle mailbox a display name: a `display_name` column in its site's CSV file,
+    filled in on its row only (an empty or missing cell leaves the attribute unset)."""
+    i = shape.mailboxes // 2
+    alias, given, surname, home = _mailbox(shape, i)
+    site = (i % shape.servers) // SERVERS_PER_SITE
+    path = root / "directory" / f"site-{site:03d}.csv"
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    row = next(k for k, line in enumerate(lines) if line.startswith(alias + ","))
+    before = f"{given} {surname}"
+    lines[0] = lines[0].rstrip("\n") + ",display_name\n"
+    lines[row] = lines[row].rstrip("\n") + f",{before}{RENAMED}\n"
+    path.write_text("".join(lines), encoding="utf-8", newline="")
+    return OneChange(alias, home, before, before + RENAMED)
+
+
+def apply_once(spec: Path, state: Path) -> tuple[int, int]:
+    """Apply the organization into an empty state directory: (resources added, state serial)."""
+    from mailwright.compiler.apply import apply, prepare  # noqa: PLC0415
+    from mailwright.compiler.state import StateDir  # noqa: PLC0415
+    from mailwright.schema import load_specs  # noqa: PLC0415
+
+    state_dir = StateDir(state)
+    with state_dir.locked():
+        prepared = prepare(load_specs([spec]), state_dir)
+        applied = apply(prepared, state_dir)
+    return len(prepared.plan.changes), applied.serial
+
+
+def plan_child(spec: Path, state: Path) -> None:
+    """What `mailwright plan` computes, timed: load_specs, then prepare; one JSON line."""
+    from mailwright.compiler.apply import prepare  # noqa: PLC0415 - after the baseline
+    from mailwright.compiler.state import StateDir  # noqa: PLC0415
+    from mailwright.schema import load_specs  # noqa: PLC0415
+
+    baseline = peak_mib()
+    loaded, load_s = _timed(lambda: load_specs([spec]))
+    prepared, prepare_s = _timed(lambda: prepare(loaded, StateDir(state)))
+    plan = prepared.plan
+    by_kind = Counter(f"{c.resource.kind} {c.action.value}" for c in plan.changes)
+    figures = {
+        "load_s": load_s,
+        "prepare_s": prepare_s,
+        "baseline_mib": baseline,
+        "peak_mib": peak_mib(),
+        "change_count": len(plan.changes),
+        "by_kind": dict(sorted(by_kind.items())),
+        "changes": [
+            {
+                "address": c.address,
+                "kind": c.resource.kind,
+                "action": c.action.value,
+                "changed": [list(item) for item in c.changed()],
+            }
+            for c in plan.changes[:SHOWN_CHANGES]
+        ],
+        "runtime": dict(sorted(Counter(a.action for a in plan.runtime_actions).items())),
+        "drift": len(plan.drift),
+        "unsafe": plan.unsafe,
+    }
+    print(json.dumps(figures))
+
+
+def profile_plan_child(spec: Path, state: Path, top: int) -> None:
+    from mailwright.compiler.apply import PreparedPlan, prepare  # noqa: PLC0415
+    from mailwright.compiler.state import StateDir  # noqa: PLC0415
+    from mailwright.schema import LoadedSpec, load_specs  # noqa: PLC0415
+
+    loaded: list[list[LoadedSpec]] = []
+    prepared: list[PreparedPlan] = []
+    _profile(
+        [
+            ("load_specs", lambda: loaded.append(load_specs([spec]))),
+            (
+                "prepare (compile, read state, diff)",
+                lambda: prepared.append(prepare(loaded[0], StateDir(state))),
+            ),
+        ],
+        top,
+    )
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    shape: Shape
+    change: OneChange
+    setup_s: float  # generate + apply once
+    applied: int  # resources the first apply added
+    figures: dict[str, Any]
+    command_s: float  # `mailwright plan --detailed-exitcode`, wall clock
+    command_exit: int
+
+    @property
+    def plan_s(self) -> float:
+        return float(self.figures["load_s"] + self.figures["prepare_s"])
+
+    def exactly_the_change(self) -> bool:
+        """One mailbox update (display name only) and its home server's host config."""
+        f = self.figures
+        mailbox = [c for c in f["changes"] if c["kind"] == "mailbox"]
+        host = [c for c in f["changes"] if c["kind"] == "host"]
+        return (
+            f["by_kind"] == {"host update": 1, "mailbox update": 1}
+            and mailbox[0]["changed"] == [["display_name", self.change.before, self.change.after]]
+            and host[0]["address"] == f"host {ORGANIZATION}/{self.change.home_server}"
+            and f["drift"] == 0
+            and not f["unsafe"]
+        )
+
+
+def _mailwright_command() -> list[str]:
+    script = Path(sys.executable).parent / "mailwright"
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-c", "from mailwright.compiler.cli import main; main()"]
+
+
+def measure_plan(workdir: Path, size: int, password: str) -> PlanResult:
+    shape = shape_for(size)
+    root, state = workdir / f"plan-{size}", workdir / f"state-{size}"
+    start = time.perf_counter()
+    spec = write_csv_form(root, shape, password)
+    applied, serial = apply_once(spec, state)
+    assert serial == 1, serial
+    change = change_one_mailbox(root, shape)
+    setup_s = time.perf_counter() - start
+    done = subprocess.run(
+        [sys.executable, __file__, "--plan-child", str(spec), str(state)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    command, command_s = _timed(
+        lambda: subprocess.run(
+            [
+                *_mailwright_command(),
+                "plan",
+                "--detailed-exitcode",
+                "--state",
+                str(state),
+                str(spec),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "NO_COLOR": "1"},
+        )
+    )
+    return PlanResult(shape, change, setup_s, applied, figures, command_s, command.returncode)
+
+
+def _shown(value: object) -> str:
+    return value if isinstance(value, str) and value.startswith("(") else json.dumps(value)
+
+
+def report_plan(r: PlanResult) -> list[str]:
+    f = r.figures
+    lines = [
+        f"plan: {r.shape.mailboxes:,} mailboxes (CSV import), {r.shape.sites} sites, "
+        f"{r.shape.servers:,} servers; mailbox {r.change.alias} (home {r.change.home_server}) "
+        "gets a new display name",
+        f"  set-up (generate, apply once in-process: {r.applied:,} resources added): "
+        f"{r.setup_s:.2f} s",
+        f"  load_specs {f['load_s']:.2f} s + prepare {f['prepare_s']:.2f} s = {r.plan_s:.2f} s "
+        f"(fresh child; RSS after imports {f['baseline_mib']:.0f} MiB, peak "
+        f"{f['peak_mib']:.0f} MiB)",
+        f"  `mailwright plan --detailed-exitcode`: {r.command_s:.2f} s wall, exit "
+        f"{r.command_exit} (start-up, check_specs and the text output included)",
+        f"  resource changes: {f['change_count']} ("
+        + ", ".join(f"{kind} {n}" for kind, n in f["by_kind"].items())
+        + ")",
+    ]
+    for c in f["changes"]:
+        symbol = {"create": "+", "update": "~", "delete": "-"}[c["action"]]
+        detail = ", ".join(
+            f"{name}: {_shown(before)} -> {_shown(after)}" for name, before, after in c["changed"]
+        )
+        lines.append(f"    {symbol} {c['address']}: {detail}")
+    lines.append(
+        "  runtime actions: "
+        + (", ".join(f"{action} {n}" for action, n in f["runtime"].items()) or "none")
+        + f"; drift {f['drift']}; unsafe {len(f['unsafe'])}"
+    )
+    return lines
+
+
+def plan_targets(r: PlanResult | None) -> list[str]:
+    label = f"  plan, {TARGET_PLAN_SIZE:,} mailboxes, one mailbox changed"
+    if r is None or r.shape.mailboxes != TARGET_PLAN_SIZE:
+        return [f"{label}: not measured"]
+    return [
+        f"{label}: load_specs+prepare {r.plan_s:.2f} s <= {TARGET_PLAN_SECONDS:.0f} s "
+        f"{_verdict(r.plan_s <= TARGET_PLAN_SECONDS)}; exactly that change (1 mailbox, "
+        f"its host config) {_verdict(r.exactly_the_change())}"
+    ]
+
+
+def run_plan(size: int) -> PlanResult:
+    password = argon2.PasswordHasher().hash("compile-scale benchmark")
+    with tempfile.TemporaryDirectory(prefix="mailwright-plan-scale-") as tmp:
+        return measure_plan(Path(tmp), size, password)
 
 
 # --- the parent: generate, measure, report --------------------------------------------------
@@ -434,14 +674,56 @@ def _sizes(text: str) -> list[int]:
     return sizes
 
 
-def _profile_target(text: str) -> tuple[Form, int]:
+def _profile_target(text: str) -> tuple[Form | Literal["plan"], int]:
     form, _, size = text.partition(":")
-    if form not in FORMS or not size.isdigit():
-        raise argparse.ArgumentTypeError(f"'{text}' is not FORM:SIZE, e.g. csv:100000")
-    return ("csv" if form == "csv" else "yaml"), int(size)
+    if form not in (*FORMS, "plan") or not size.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not FORM:SIZE, e.g. csv:100000, yaml:10000 or plan:100000"
+        )
+    return ("csv" if form == "csv" else "plan" if form == "plan" else "yaml"), int(size)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def profile_plan(size: int, top: int) -> None:
+    """Set up the one-change plan as measure_plan does, then profile its child."""
+    password = argon2.PasswordHasher().hash("compile-scale benchmark")
+    shape = shape_for(size)
+    with tempfile.TemporaryDirectory(prefix="mailwright-plan-scale-") as tmp:
+        root, state = Path(tmp) / "spec", Path(tmp) / "state"
+        spec = write_csv_form(root, shape, password)
+        apply_once(spec, state)
+        change = change_one_mailbox(root, shape)
+        print(
+            f"profiling plan on {size:,} mailboxes ({shape.sites} sites, {shape.servers} "
+            f"servers), mailbox {change.alias} renamed, after one apply"
+        )
+        sys.stdout.flush()
+        subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--profile-plan-child",
+                str(spec),
+                str(state),
+                "--top",
+                str(top),
+            ],
+            check=True,
+        )
+
+
+def profile_compile(form: Form, size: int, top: int) -> None:
+    password = argon2.PasswordHasher().hash("compile-scale benchmark")
+    shape = shape_for(size)
+    with tempfile.TemporaryDirectory(prefix="mailwright-compile-scale-") as tmp:
+        writer = write_csv_form if form == "csv" else write_yaml_form
+        spec = writer(Path(tmp) / "spec", shape, password)
+        print(f"profiling {form} {size:,} mailboxes ({shape.sites} sites, {shape.servers} servers)")
+        sys.stdout.flush()
+        command = [sys.executable, __file__, "--profile-child", str(spec), str(Path(tmp) / "out")]
+        subprocess.run([*command, "--top", str(top)], check=True)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
         "--sizes",
@@ -456,52 +738,74 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--profile",
         type=_profile_target,
         metavar="FORM:SIZE",
-        help="instead of timing, profile one case (e.g. csv:100000) and print its hotspots",
+        help="instead of timing, profile one case (csv:100000, yaml:10000, or plan:100000 for "
+        "the plan with one mailbox changed) and print its hotspots",
     )
     parser.add_argument("--top", type=int, default=25, help="hotspots to print with --profile")
+    parser.add_argument(
+        "--plan-only",
+        action="store_true",
+        help="only the plan with one mailbox changed, on the largest of --sizes",
+    )
+    parser.add_argument(
+        "--no-plan", action="store_true", help="skip the plan with one mailbox changed"
+    )
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--profile-child", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
+    parser.add_argument("--plan-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--profile-plan-child", nargs=2, help=argparse.SUPPRESS)
+    return parser
 
+
+def _run_as_child(args: argparse.Namespace) -> bool:
+    """When this process is one of the measured children: do that work and say so."""
     if args.child:
         child(Path(args.child[0]), Path(args.child[1]))
-        return 0
-    if args.profile_child:
+    elif args.profile_child:
         profile_child(Path(args.profile_child[0]), Path(args.profile_child[1]), args.top)
-        return 0
+    elif args.plan_child:
+        plan_child(Path(args.plan_child[0]), Path(args.plan_child[1]))
+    elif args.profile_plan_child:
+        spec, state = args.profile_plan_child
+        profile_plan_child(Path(spec), Path(state), args.top)
+    else:
+        return False
+    return True
 
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if _run_as_child(args):
+        return 0
     print(
         f"mailwright compile_scale: Python {platform.python_version()} on {platform.platform()}, "
         f"{os.cpu_count()} CPUs"
     )
     if args.profile:
         form, size = args.profile
-        password = argon2.PasswordHasher().hash("compile-scale benchmark")
-        shape = shape_for(size)
-        with tempfile.TemporaryDirectory(prefix="mailwright-compile-scale-") as tmp:
-            writer = write_csv_form if form == "csv" else write_yaml_form
-            spec = writer(Path(tmp) / "spec", shape, password)
-            print(
-                f"profiling {form} {size:,} mailboxes "
-                f"({shape.sites} sites, {shape.servers} servers)"
-            )
-            sys.stdout.flush()
-            command = [
-                sys.executable,
-                __file__,
-                "--profile-child",
-                str(spec),
-                str(Path(tmp) / "out"),
-            ]
-            subprocess.run([*command, "--top", str(args.top)], check=True)
+        if form == "plan":
+            profile_plan(size, args.top)
+        else:
+            profile_compile(form, size, args.top)
         return 0
 
-    print("times in seconds; RSS in MiB (ru_maxrss of the child: after imports, after")
-    print("load+validate, at the end); each row a fresh child process\n")
-    print(HEADER, flush=True)
-    results = run_all(args.sizes, args.all)
+    results: list[Result] = []
+    if not args.plan_only:
+        print("times in seconds; RSS in MiB (ru_maxrss of the child: after imports, after")
+        print("load+validate, at the end); each row a fresh child process\n")
+        print(HEADER, flush=True)
+        results = run_all(args.sizes, args.all)
+    planned = None
+    if not args.no_plan:
+        if results:
+            print()
+        planned = run_plan(max(args.sizes))
+        for line in report_plan(planned):
+            print(line)
     print("\ntargets")
-    for line in targets(results):
+    for line in targets(results) if results else []:
+        print(line)
+    for line in [] if args.no_plan else plan_targets(planned):
         print(line)
     return 0
 

@@ -309,7 +309,8 @@ def unsafe_findings(before: Mapping[str, Resource], changes: list[ResourceChange
         removed = sum(_group(r) == group for r in deleted)
         if total >= MIN_FOR_RATIO and removed > MAX_REMOVED_RATIO * total:
             kind, where = group
-            findings.append(f"removes {removed} of {total} {kind}s of {where} (over 30%)")
+            plural = "mailboxes" if kind == "mailbox" else f"{kind}s"
+            findings.append(f"removes {removed} of {total} {plural} of {where} (over 30%)")
     zones = {r.name for r in before.values() if r.kind == "zone"}
     for change in changes:
         resource = change.resource

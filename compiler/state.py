@@ -148,8 +148,9 @@ class StateDir:
         root = self.artifacts(state.serial)
         if state.serial == 0 or not root.is_dir():
             return {}
+        # errors="replace": a file mangled on disk is drift to restore, not a reason to fail.
         return {
-            str(p.relative_to(root)): p.read_text(encoding="utf-8")
+            str(p.relative_to(root)): p.read_text(encoding="utf-8", errors="replace")
             for p in sorted(root.rglob("*"))
             if p.is_file()
         }

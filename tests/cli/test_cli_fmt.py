@@ -101,7 +101,11 @@ def test_check_passes_on_canonical_files(tmp_path: Path) -> None:
 
 def test_examples_are_stable_once_formatted(tmp_path: Path) -> None:
     shutil.copytree(REPO / "examples", tmp_path / "examples")
-    specs = [str(p.relative_to(tmp_path)) for p in sorted(tmp_path.rglob("*.yaml"))]
+    specs = [
+        str(p.relative_to(tmp_path))
+        for p in sorted(tmp_path.rglob("*.yaml"))
+        if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
+    ]
     assert mailwright("fmt", *specs, cwd=tmp_path).returncode == 0
     check = mailwright("fmt", "--check", *specs, cwd=tmp_path)
     assert (check.returncode, check.stdout) == (0, "")

@@ -14,7 +14,12 @@ import yaml
 from mailwright.schema.jsonschema import spec_json_schema, spec_json_schema_text
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
+# The organization specs among examples/ (which also holds other YAML, such as CI configs).
+EXAMPLES = sorted(
+    p
+    for p in (REPO / "examples").rglob("*.yaml")
+    if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
+)
 COMMITTED = REPO / "schema" / "mailwright.schema.json"
 GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 

@@ -42,7 +42,12 @@ from mailwright.schema.recipients import (
 from mailwright.schema.yamlsource import YamlSyntaxError, parse_yaml
 
 REPO = Path(__file__).resolve().parents[2]
-EXAMPLES = sorted((REPO / "examples").rglob("*.yaml"))
+# The organization specs among examples/ (which also holds other YAML, such as CI configs).
+EXAMPLES = sorted(
+    p
+    for p in (REPO / "examples").rglob("*.yaml")
+    if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
+)
 HASH = (
     "$argon2id$v=19$m=65536,t=3,p=4$iX04azb1umBoKFFAOD8ssg$"
     "RrUVU/3aVCqR7gKEDl2c3bGdmVCJs6yT6U9+tDL1Cxs"

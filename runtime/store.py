@@ -1,0 +1,154 @@
+"""The Information Store: one Maildir per mailbox, delivery that survives a crash.
+
+Delivery writes the message to tmp/, fsyncs it, renames it into new/ and fsyncs the folder;
+only then does it return, so an acknowledged message is on disk. Each delivery carries the
+internal message id and a mailbox takes one copy of an id: the id is in the file name, and once
+the message is in place it is also appended (fsynced) to the mailbox's `delivered` log, which
+remembers it after the user deleted the message. On first use the log is reconciled with the
+Maildir, so a crash between the rename and the log entry still deduplicates (at-least-once
+hand-offs, exactly-once mailboxes).
+
+File names follow the Maildir convention with Dovecot's size fields: `<ns>.<uid>.mailwright,
+S=<bytes on disk>,W=<bytes with CRLF line ends>`; messages are stored with LF line ends, as
+Maildir readers expect, and POP3 serves them with CRLF (RFC 1939 §3).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+_NAME = re.compile(r"^(?P<ns>\d+)\.(?P<uid>[0-9a-f]+)\.mailwright,S=(?P<s>\d+),W=(?P<w>\d+)")
+
+
+class DeliveryError(Exception):
+    """The mailbox will not take this message; the reason goes into a non-delivery report."""
+
+
+@dataclass(frozen=True)
+class StoredMessage:
+    path: Path
+    uid: str  # persistent, unique in the mailbox: the POP3 UIDL (RFC 1939 §7)
+    size: int  # octets as POP3 counts them, every line ending CRLF
+
+
+def message_uid(message_id: str) -> str:
+    return hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:32]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def to_lf(data: bytes) -> bytes:
+    return data.replace(b"\r\n", b"\n")
+
+
+class Mailbox:
+    """One mailbox's Maildir and its delivered-ids log."""
+
+    def __init__(self, root: Path, size_limit: int | None = None) -> None:
+        self.root = root
+        self.maildir = root / "Maildir"
+        self.size_limit = size_limit
+        self._lock = threading.Lock()
+        self._delivered: set[str] | None = None
+
+    def _prepare(self) -> set[str]:
+        if self._delivered is None:
+            for sub in ("tmp", "new", "cur"):
+                (self.maildir / sub).mkdir(parents=True, exist_ok=True)
+            log = self.root / "delivered"
+            logged = set(log.read_text(encoding="ascii").split()) if log.exists() else set()
+            for message in self.messages():
+                if message.uid not in logged:
+                    self._record(message.uid)
+                    logged.add(message.uid)
+            self._delivered = logged
+        return self._delivered
+
+    def deliver(self, message_id: str, data: bytes) -> bool:
+        """Store one message durably; False when this id was delivered here before."""
+        with self._lock:
+            delivered = self._prepare()
+            uid = message_uid(message_id)
+            if uid in delivered:
+                return False
+            body = to_lf(data)
+            if self.size_limit is not None and self.used() + len(body) > self.size_limit:
+                raise DeliveryError(
+                    f"mailbox {self.root.name} is full ({self.used()} of {self.size_limit} bytes)"
+                )
+            wire_size = len(body) + body.count(b"\n")
+            name = f"{time.time_ns()}.{uid}.mailwright,S={len(body)},W={wire_size}"
+            temp = self.maildir / "tmp" / name
+            with open(temp, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.rename(temp, self.maildir / "new" / name)
+            _fsync_dir(self.maildir / "new")
+            self._record(uid)
+            delivered.add(uid)
+            return True
+
+    def delete(self, messages: list[StoredMessage]) -> None:
+        """Remove messages for good (POP3's UPDATE state); their ids stay delivered."""
+        with self._lock:
+            self._prepare()
+            for message in messages:
+                message.path.unlink(missing_ok=True)
+            _fsync_dir(self.maildir / "new")
+            _fsync_dir(self.maildir / "cur")
+
+    def _record(self, uid: str) -> None:
+        with open(self.root / "delivered", "a", encoding="ascii") as log:
+            log.write(uid + "\n")
+            log.flush()
+            os.fsync(log.fileno())
+
+    def used(self) -> int:
+        return sum(m.size for m in self.messages())
+
+    def messages(self) -> list[StoredMessage]:
+        """The maildrop in delivery order."""
+        found = []
+        for sub in ("new", "cur"):
+            folder = self.maildir / sub
+            for entry in os.scandir(folder) if folder.is_dir() else ():
+                if match := _NAME.match(entry.name):
+                    found.append(
+                        (
+                            int(match["ns"]),
+                            StoredMessage(Path(entry.path), match["uid"], int(match["w"])),
+                        )
+                    )
+        return [message for _, message in sorted(found, key=lambda pair: (pair[0], pair[1].uid))]
+
+
+class MailStore:
+    """All mailboxes of one host: `<state>/hosts/<server>/store/<alias>/Maildir`."""
+
+    def __init__(self, root: Path, size_limits: dict[str, int | None] | None = None) -> None:
+        self.root = root
+        self._limits = size_limits or {}
+        self._mailboxes: dict[str, Mailbox] = {}
+        self._lock = threading.Lock()
+
+    def mailbox(self, alias: str) -> Mailbox:
+        with self._lock:
+            if alias not in self._mailboxes:
+                self._mailboxes[alias] = Mailbox(self.root / alias, self._limits.get(alias))
+            return self._mailboxes[alias]
+
+    def deliver(self, alias: str, message_id: str, data: bytes) -> bool:
+        return self.mailbox(alias).deliver(message_id, data)
