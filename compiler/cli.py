@@ -60,7 +60,8 @@ def validate(
 ) -> None:
     """Check specs: every problem at once, each at FILE:LINE:COL. Exit 1 on any error."""
     loaded, diagnostics = _check(specs)
-    report = ValidationReport([str(s) for s in specs], loaded, diagnostics)
+    files = list(dict.fromkeys(str(s.resolve()) for s in specs))  # a file named twice is one spec
+    report = ValidationReport(files, loaded, diagnostics)
     if output is OutputFormat.JSON:
         print(render_json(report))
     elif output is OutputFormat.GITHUB:

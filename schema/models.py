@@ -335,6 +335,7 @@ class SoaSettings(StrictModel):
         if value is not None and (problem := check_address(AddressType.SMTP, value)):
             raise ValueError(problem)
         return value
+
     refresh: Duration = 3600
     retry: Duration = 600
     expire: Duration = 1_209_600
