@@ -23,6 +23,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailwright.runtime.convert import to_rfc5322
+from mailwright.runtime.message import InternalMessage
+
 _NAME = re.compile(r"^(?P<ns>\d+)\.(?P<uid>[0-9a-f]+)\.mailwright,S=(?P<s>\d+),W=(?P<w>\d+)")
 
 
@@ -109,6 +112,13 @@ class Mailbox:
                 message.path.unlink(missing_ok=True)
             _fsync_dir(self.maildir / "new")
             _fsync_dir(self.maildir / "cur")
+
+    def deliver_message(self, message: InternalMessage, *, uuencoded: bool, charset: str) -> bool:
+        """A message created inside the organization, rendered as the mailbox's POP3 settings
+        say (MIME or UUENCODE, its character set); one from the internet as it arrived."""
+        return self.deliver(
+            message.message_id, to_rfc5322(message, uuencoded=uuencoded, charset=charset)
+        )
 
     def _record(self, uid: str) -> None:
         with open(self.root / "delivered", "a", encoding="ascii") as log:
