@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import enum
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +25,7 @@ from mailwright.compiler.route import RouteError, explain_route
 from mailwright.compiler.route_report import render_route, render_route_json
 from mailwright.compiler.state import DEFAULT_STATE_DIR, StateDir, StateError
 from mailwright.compiler.zones import ZoneError, zone_diagnostics
+from mailwright.runtime import launcher
 from mailwright.schema import Diagnostic, LoadedSpec, Severity, check_specs
 from mailwright.schema.diagnostics import sorted_diagnostics
 from mailwright.schema.fmt import format_spec
@@ -350,6 +353,79 @@ def purge(
     with state_dir.locked():
         for path in apply_module.purge(state_dir, names or []):
             out.print(f"purged {path}", markup=False)
+
+
+@app.command()
+def send(
+    sender: Annotated[str, typer.Option("--from", help="The sender's address (its mailbox).")],
+    to: Annotated[list[str], typer.Option("--to", help="A recipient (repeatable).")],
+    subject: Annotated[str, typer.Option("--subject", help="The subject line.")],
+    cc: Annotated[
+        list[str] | None, typer.Option("--cc", help="A copy recipient (repeatable).")
+    ] = None,
+    body: Annotated[str | None, typer.Option("--body", help="The message text.")] = None,
+    body_file: Annotated[
+        Path | None, typer.Option("--body-file", help="Read the text from FILE.")
+    ] = None,
+    attach: Annotated[
+        list[Path] | None, typer.Option("--attach", help="Attach FILE (repeatable).")
+    ] = None,
+    password_env: Annotated[
+        str | None, typer.Option("--password-env", help="Read the password from $VAR.")
+    ] = None,
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+) -> None:
+    """Submit a message as a mailbox, in the internal format, to its home server."""
+    if (body is None) == (body_file is None):
+        err.print("error: give exactly one of --body and --body-file", markup=False)
+        raise typer.Exit(1)
+    text = body if body is not None else _read_text(body_file)
+    password = (
+        os.environ.get(password_env, "")
+        if password_env
+        else typer.prompt("Password", hide_input=True)
+    )
+    submission = launcher.Submission(sender, password, to, cc or [], subject, text, attach or [])
+    try:
+        message_id = launcher.submit(state, submission)
+    except launcher.SubmitError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    print(message_id)
+
+
+def _read_text(path: Path | None) -> str:
+    assert path is not None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"error: cannot read {path}: {exc}", markup=False)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def track(
+    message_id: Annotated[str, typer.Argument(help="The message id `send` printed.")],
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
+) -> None:
+    """Show a message's whole path across the hosts, from their tracking logs."""
+    events = launcher.track(state, message_id)
+    if not events:
+        err.print(f"error: no host has seen {message_id}", markup=False)
+        raise typer.Exit(1)
+    for event in events:
+        if as_json:
+            print(json.dumps(event, sort_keys=True))
+            continue
+        details = ", ".join(
+            f"{k}={v}"
+            for k, v in sorted(event.items())
+            if k not in ("time", "host", "event", "message_id")
+        )
+        out.print(
+            f"{event['time']}  {event['host']:<12} {event['event']:<11} {details}", markup=False
+        )
 
 
 @app.command()

@@ -1,9 +1,11 @@
 """One host's runtime process: reads its compiled `hosts/<server>.json`, serves its roles.
 
-    python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1] [--pop3-port N]
+    python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1]
+                                     [--pop3-port N] [--transfer-port N]
 
-So far the store role: the mailbox store and its POP3 server. The process prints one line
-`ready pop3=HOST:PORT` once it listens, and stops cleanly on SIGTERM or SIGINT.
+Every host runs an MTA (the internal transfer port); a store host adds the mailbox store and
+its POP3 server. Once it listens the process writes `<state>/hosts/<server>/endpoints.json` and
+prints one line `ready pop3=HOST:PORT transfer=HOST:PORT`; it stops cleanly on SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -11,11 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime import transfer
+from mailwright.runtime.mta import Mta, endpoints_in
 from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
@@ -27,7 +32,9 @@ def store_for(config: dict[str, Any], state: Path) -> MailStore:
     return MailStore(state / "hosts" / server / "store", limits)
 
 
-def pop3_server(config: dict[str, Any], state: Path) -> Pop3Server:
+def pop3_server(
+    config: dict[str, Any], state: Path, store: MailStore, accounts: Pop3Accounts
+) -> Pop3Server:
     tls = config.get("tls")
     if tls:
         certificate, key = Path(tls["certificate"]), Path(tls["private_key"])
@@ -36,28 +43,50 @@ def pop3_server(config: dict[str, Any], state: Path) -> Pop3Server:
             state / "hosts" / config["server"]["name"], config["server"]["fqdn"]
         )
     return Pop3Server(
-        Pop3Accounts(accounts_from_host(config)),
-        store_for(config, state),
+        accounts,
+        store,
         server_context(certificate, key),
         idle_timeout=float(config["pop3"]["idle_timeout"]),
     )
 
 
-async def serve(config: dict[str, Any], state: Path, bind: str, pop3_port: int) -> None:
+def _write_endpoints(folder: Path, endpoints: dict[str, str]) -> None:
+    """Where this host listens, for its peers and for `mailwright send` (atomic: tmp + rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    temp = folder / ".endpoints.json.tmp"
+    temp.write_text(json.dumps(endpoints, sort_keys=True), encoding="utf-8")
+    os.replace(temp, folder / "endpoints.json")
+
+
+async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]) -> None:
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    gal = json.loads((config_path.parent.parent / "gal.json").read_text(encoding="utf-8"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    listeners = []
-    if "pop3" in config["server"]["services"]:
-        listener = await pop3_server(config, state).start(bind, pop3_port)
-        listeners.append(listener)
-        host, port = listener.sockets[0].getsockname()[:2]
-        print(f"ready pop3={host}:{port}", flush=True)
+    services = config["server"]["services"]
+    store = store_for(config, state) if "pop3" in services else None
+    accounts = Pop3Accounts(accounts_from_host(config))
+    mta = Mta(config, gal, state, store, accounts, endpoints_in(state))
+    listeners = {"transfer": await transfer.serve(mta.handle_frame, bind, ports["transfer"])}
+    if store is not None:
+        pop3 = pop3_server(config, state, store, accounts)
+        listeners["pop3"] = await pop3.start(bind, ports["pop3"])
+    endpoints = {name: _address(listener) for name, listener in listeners.items()}
+    _write_endpoints(state / "hosts" / config["server"]["name"], endpoints)
+    worker = loop.create_task(mta.run())
+    print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
     await stop.wait()
-    for listener in listeners:
+    worker.cancel()
+    for listener in listeners.values():
         listener.close()
         await listener.wait_closed()
+
+
+def _address(listener: asyncio.Server) -> str:
+    host, port = listener.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,10 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True, help="the state directory")
     parser.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--pop3-port", type=int, default=110)
+    parser.add_argument("--transfer-port", type=int, default=7025)
     args = parser.parse_args(argv)
-    config = json.loads(args.config.read_text(encoding="utf-8"))
+    ports = {"pop3": args.pop3_port, "transfer": args.transfer_port}
     try:
-        asyncio.run(serve(config, args.state, args.bind, args.pop3_port))
+        asyncio.run(serve(args.config, args.state, args.bind, ports))
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -1,17 +1,27 @@
-"""The seam between `apply` and the runtime.
+"""The seam between the CLI and the runtime: the one module the compiler package imports.
 
 `apply` hands over the runtime actions its plan implies (host started, restarted, reloaded,
 stopped) with the folder of the newly applied artifacts. Until the supervisor exists this seam
-records them, one JSON line each, in `<state>/runtime/actions.jsonl`.
+records them, one JSON line each, in `<state>/runtime/actions.jsonl`. `mailwright send` and
+`mailwright track` reach the running hosts through it too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import mimetypes
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from mailwright.runtime.message import Address, Attachment, Recipient, encode
+from mailwright.runtime.mta import endpoints_in, new_message
+from mailwright.runtime.tracking import track
+from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+
+__all__ = ["HostAction", "Submission", "SubmitError", "launch", "submit", "track"]
 
 
 @dataclass(frozen=True)
@@ -36,3 +46,94 @@ def launch(state_dir: Path, artifacts: Path, serial: int, actions: Sequence[Host
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+class SubmitError(Exception):
+    """A message that could not be submitted; the message says why, in one line."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    sender: str
+    password: str
+    to: Sequence[str]
+    cc: Sequence[str]
+    subject: str
+    body: str
+    attachments: Sequence[Path] = ()
+
+
+def parse_address(text: str) -> Address:
+    """`TYPE:address`, or the type recognized from its shape (user@domain, c=..;.., NET/PO/BOX)."""
+    prefix, sep, rest = text.partition(":")
+    if sep and prefix.upper() in ("SMTP", "X400", "MS"):
+        return Address(rest, type=prefix.upper())
+    kind = "SMTP" if "@" in text else "X400" if "=" in text else "MS"
+    return Address(text, type=kind)
+
+
+def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str]:
+    """(organization, home server, alias, display name) of the mailbox owning `sender`, from
+    the applied artifacts."""
+    try:
+        serial = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))["serial"]
+    except (OSError, ValueError, KeyError):
+        raise SubmitError(
+            f"nothing is applied in {state_dir}; run `mailwright apply` first"
+        ) from None
+    wanted = sender.casefold()
+    for gal_file in sorted((state_dir / "artifacts" / str(serial)).glob("*/gal.json")):
+        for entry in json.loads(gal_file.read_text(encoding="utf-8"))["recipients"]:
+            addresses = [
+                *entry["primary"].values(),
+                *(s.partition(":")[2] for s in entry["secondary"]),
+            ]
+            if wanted in {a.casefold() for a in addresses} | {entry["alias"].casefold()}:
+                return (
+                    gal_file.parent.name,
+                    entry["home_server"],
+                    entry["alias"],
+                    entry["display_name"],
+                )
+    raise SubmitError(f"no mailbox has the address {sender}")
+
+
+def submit(state_dir: Path, submission: Submission) -> str:
+    """Submit in the internal format to the sender's home server (the seed's step 1);
+    returns the message id once the home server's queue holds it."""
+    organization, home, alias, display_name = _home_of(state_dir, submission.sender)
+    endpoint = endpoints_in(state_dir)(home)
+    if endpoint is None:
+        raise SubmitError(f"{organization}'s server {home} is not running")
+    try:
+        attachments = tuple(
+            Attachment(
+                p.name,
+                mimetypes.guess_type(p.name)[0] or "application/octet-stream",
+                p.read_bytes(),
+            )
+            for p in submission.attachments
+        )
+    except OSError as exc:
+        raise SubmitError(f"cannot read attachment: {exc}") from None
+    recipients = [Recipient(parse_address(a), "to") for a in submission.to]
+    recipients += [Recipient(parse_address(a), "cc") for a in submission.cc]
+    message = new_message(
+        Address(submission.sender, display_name),
+        recipients=recipients,
+        subject=submission.subject,
+        body=submission.body,
+        attachments=attachments,
+        domain=submission.sender.rpartition("@")[2] or "localhost",
+    )
+    document = {
+        "user": alias,
+        "password": submission.password,
+        "message": encode(message),
+        "rcpt": recipients_payload([r.address for r in recipients]),
+    }
+    try:
+        asyncio.run(send_frame(*endpoint, "SUBMIT", document))
+    except TransferError as exc:
+        raise SubmitError(f"{home} refused the message: {exc}") from None
+    return message.message_id

@@ -1,0 +1,321 @@
+"""The MTA of one host: accepts hand-offs into its durable queue, routes every recipient, and
+delivers into the store, transfers to other servers, hands mail for the internet to the IMS,
+or returns a non-delivery report.
+
+Hand-offs are at-least-once and every receiver de-duplicates (the queue by message and
+recipients, the store by message id), so a crash at any moment loses nothing and duplicates
+nothing: an entry leaves the queue only after every recipient was delivered or handed on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from mailwright.runtime.message import Address, InternalMessage, Recipient, decode, encode
+from mailwright.runtime.ndr import Failure, non_delivery_report
+from mailwright.runtime.pop3 import Pop3Accounts
+from mailwright.runtime.queue import MessageQueue, QueueEntry
+from mailwright.runtime.router import Decision, Disposition, Router
+from mailwright.runtime.store import DeliveryError, MailStore
+from mailwright.runtime.tracking import TrackingLog
+from mailwright.runtime.transfer import (
+    TransferError,
+    recipients_from,
+    recipients_payload,
+    send_frame,
+)
+
+# RFC 5321 §6.3 counts Received headers against loops; inside the organization we count hops.
+MAX_HOPS = 30
+RETRY_CAP = 300.0  # seconds between attempts to reach a server of the organization
+
+Endpoint = Callable[[str], tuple[str, int] | None]
+
+
+def endpoints_in(state: Path) -> Endpoint:
+    """Where a server's MTA listens: the `endpoints.json` its host process wrote when ready."""
+
+    def lookup(server: str) -> tuple[str, int] | None:
+        try:
+            endpoints = json.loads((state / "hosts" / server / "endpoints.json").read_text())
+            host, _, port = endpoints["transfer"].rpartition(":")
+            return host, int(port)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    return lookup
+
+
+class Mta:
+    def __init__(  # noqa: PLR0917 - the host process wires these once
+        self,
+        config: dict[str, Any],
+        gal: dict[str, Any],
+        state: Path,
+        store: MailStore | None,
+        accounts: Pop3Accounts,
+        endpoints: Endpoint,
+    ) -> None:
+        self.server = config["server"]["name"]
+        self.fqdn = config["server"]["fqdn"]
+        self.postmaster = f"postmaster@{config['domains'][0]}"
+        self.router = Router(config, gal)
+        home = state / "hosts" / self.server
+        self.queue = MessageQueue(home / "queue")
+        self.outbox = MessageQueue(home / "outbox")  # for the IMS: mail for the internet
+        self.tracking = TrackingLog(home / "tracking.jsonl", self.server)
+        self.store = store
+        self.accounts = accounts
+        self.endpoints = endpoints
+        self.formats = {
+            m["alias"]: (
+                m["protocols"]["pop3"]["message_format"] == "uuencode",
+                m["protocols"]["pop3"]["charset"],
+            )
+            for m in config["mailboxes"]
+        }
+        self._wakeup = asyncio.Event()
+
+    # --- accepting -----------------------------------------------------------------------------
+
+    async def accept(self, message: InternalMessage, recipients: list[Address], source: str) -> str:
+        """Queue durably (fsync) and only then return; raises ValueError for a looping message."""
+        now = datetime.datetime.now(datetime.UTC)
+        entry = QueueEntry.new(message.with_hop(self.server, now), recipients, source)
+        message = entry.message
+        loop = asyncio.get_running_loop()
+        fresh = await loop.run_in_executor(None, self.queue.put, entry)
+        if fresh:
+            self.tracking.event(
+                "received", message.message_id, source=source, recipients=_list(recipients)
+            )
+            self._wakeup.set()
+        return entry.id
+
+    async def handle_frame(self, verb: str, document: dict[str, Any], peer: str) -> str:
+        """The transfer protocol's policy: XFER from another MTA, SUBMIT from a client."""
+        try:
+            message = decode(document["message"])
+            recipients = recipients_from(document["rcpt"])
+        except (KeyError, ValueError, TypeError):
+            return "554 5.6.0 malformed message"
+        if verb == "SUBMIT":
+            refusal = await self._authorize(document, message)
+            if refusal:
+                return refusal
+        source = document.get("from", peer) if verb == "XFER" else f"client {peer}"
+        await self.accept(message, recipients, str(source))
+        if verb == "SUBMIT":
+            self.tracking.event("submitted", message.message_id, sender=message.sender.address)
+            return f"250 2.0.0 {message.message_id}"
+        return f"250 2.0.0 queued {message.message_id}"
+
+    async def _authorize(self, document: dict[str, Any], message: InternalMessage) -> str | None:
+        account = await self.accounts.authenticate(
+            "submission", str(document.get("user", "")), str(document.get("password", ""))
+        )
+        if account is None:
+            return "535 5.7.8 authentication failed"
+        if message.sender.address.casefold() not in {
+            account.alias.casefold(),
+            account.address.casefold(),
+        }:
+            return "550 5.7.1 the sender address is not the authenticated mailbox's"
+        if self.router.route("SMTP", account.address).disposition is not Disposition.LOCAL:
+            return "550 5.7.1 submit to the mailbox's home server"
+        return None
+
+    # --- processing ----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            self._wakeup.clear()
+            entries = await asyncio.get_running_loop().run_in_executor(None, self.queue.entries)
+            for entry in entries:
+                await self.process(entry)
+            await self._sleep_until_due(entries)
+
+    async def _sleep_until_due(self, entries: list[QueueEntry]) -> None:
+        due = [p.next_try for e in self.queue.entries() for p in e.pending] if entries else []
+        delay = max(0.05, min(due) - time.time()) if due else None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), delay)
+
+    def queue_depth(self) -> int:
+        return len(self.queue)
+
+    async def process(self, entry: QueueEntry) -> None:
+        message = entry.message
+        done: set[Address] = set()
+        failures: list[Failure] = []
+        deferred: dict[Address, str] = {}
+        transfers: dict[str, list[Address]] = {}
+        if len(message.hops) > MAX_HOPS:
+            failures += [
+                Failure(p.address, "5.4.6", "loop detected: too many hops") for p in entry.pending
+            ]
+        for pending in entry.pending if not failures else ():
+            if pending.next_try > time.time():
+                continue
+            decision = self.router.route(
+                pending.address.type, pending.address.address, message.message_id
+            )
+            self.tracking.event(
+                "routed", message.message_id, recipient=pending.address.address, via=decision.reason
+            )
+            outcome = await self._dispose(message, pending.address, decision, transfers)
+            if isinstance(outcome, Failure):
+                failures.append(outcome)
+            elif outcome:
+                done.add(pending.address)
+        for server, recipients in transfers.items():
+            error = await self._transfer(message, server, recipients)
+            for recipient in recipients:
+                if error is None:
+                    done.add(recipient)
+                else:
+                    deferred[recipient] = error
+        done.update(f.recipient for f in failures)
+        await self._report(message, failures)
+        await self._settle(entry, done, deferred)
+
+    async def _dispose(
+        self,
+        message: InternalMessage,
+        recipient: Address,
+        decision: Decision,
+        transfers: dict[str, list[Address]],
+    ) -> Failure | bool:
+        if decision.disposition is Disposition.NDR:
+            return Failure(recipient, decision.status, decision.reason)
+        if decision.disposition is Disposition.TRANSFER:
+            transfers.setdefault(decision.server, []).append(recipient)
+            return False
+        if decision.disposition is Disposition.GATEWAY:
+            entry = QueueEntry.new(message, [recipient], self.server)
+            await asyncio.get_running_loop().run_in_executor(None, self.outbox.put, entry)
+            self.tracking.event(
+                "gateway", message.message_id, recipient=recipient.address, to="IMS"
+            )
+            return True
+        return await self._deliver(message, recipient, decision.alias)
+
+    async def _deliver(
+        self, message: InternalMessage, recipient: Address, alias: str
+    ) -> Failure | bool:
+        if self.store is None:
+            return Failure(recipient, "5.3.0", f"{self.server} has no store")
+        uuencoded, charset = self.formats.get(alias, (False, "utf-8"))
+        mailbox = self.store.mailbox(alias)
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, lambda: mailbox.deliver_message(message, uuencoded=uuencoded, charset=charset)
+            )
+        except DeliveryError as exc:
+            return Failure(recipient, "5.2.2", str(exc))
+        self.tracking.event(
+            "delivered", message.message_id, recipient=recipient.address, mailbox=alias
+        )
+        return True
+
+    async def _transfer(
+        self, message: InternalMessage, server: str, recipients: list[Address]
+    ) -> str | None:
+        """None when handed over; else why not."""
+        endpoint = self.endpoints(server)
+        if endpoint is None:
+            return f"{server} is not running"
+        document = {
+            "message": encode(message),
+            "rcpt": recipients_payload(recipients),
+            "from": self.server,
+        }
+        try:
+            await send_frame(*endpoint, "XFER", document)
+        except TransferError as exc:
+            return str(exc)
+        self.tracking.event(
+            "transferred", message.message_id, to=server, recipients=_list(recipients)
+        )
+        return None
+
+    async def _report(self, message: InternalMessage, failures: list[Failure]) -> None:
+        if not failures:
+            return
+        for failure in failures:
+            self.tracking.event(
+                "ndr",
+                message.message_id,
+                recipient=failure.recipient.address,
+                status=failure.status,
+                reason=failure.diagnostic,
+            )
+        now = datetime.datetime.now(datetime.UTC)
+        report = non_delivery_report(message, failures, self.fqdn, self.postmaster, now)
+        if report is not None:
+            await self.accept(report, [r.address for r in report.recipients], "ndr")
+
+    async def _settle(
+        self, entry: QueueEntry, done: set[Address], deferred: dict[Address, str]
+    ) -> None:
+        remaining = []
+        for waiting in entry.pending:
+            if waiting.address in done:
+                continue
+            pending = waiting
+            if pending.address in deferred:
+                attempts = pending.attempts + 1
+                pending = replace(
+                    pending,
+                    attempts=attempts,
+                    next_try=time.time() + min(RETRY_CAP, 2.0**attempts),
+                    last_error=deferred[pending.address],
+                )
+                self.tracking.event(
+                    "deferred",
+                    entry.message.message_id,
+                    recipient=pending.address.address,
+                    reason=pending.last_error,
+                )
+            remaining.append(pending)
+        loop = asyncio.get_running_loop()
+        if not remaining:
+            await loop.run_in_executor(None, self.queue.remove, entry)
+        elif tuple(remaining) != entry.pending:
+            await loop.run_in_executor(
+                None, self.queue.write, replace(entry, pending=tuple(remaining))
+            )
+
+
+def _list(recipients: list[Address]) -> str:
+    return ", ".join(r.address for r in recipients)
+
+
+def new_message(
+    sender: Address,
+    *,
+    recipients: list[Recipient],
+    subject: str,
+    body: str,
+    attachments: tuple[Any, ...] = (),
+    domain: str = "localhost",
+) -> InternalMessage:
+    """A message as a client composes it, with a fresh internal message id."""
+    return InternalMessage(
+        message_id=f"<{uuid.uuid4().hex}@{domain}>",
+        sender=sender,
+        recipients=tuple(recipients),
+        subject=subject,
+        submit_time=datetime.datetime.now(datetime.UTC),
+        body_text=body,
+        attachments=attachments,
+    )

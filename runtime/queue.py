@@ -1,0 +1,129 @@
+"""The MTA's durable queue: one file per message, written before anyone is told it is taken.
+
+An entry is written to a temporary file, fsynced, renamed into place and the folder fsynced;
+only then is the hand-off acknowledged (to the submitting client, the previous MTA, or through
+the IMS with SMTP 250). Updates (recipients done, retry times) replace the file the same way.
+On start the MTA reads every entry back and resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+
+from mailwright.runtime.message import Address, InternalMessage, decode, encode
+from mailwright.runtime.store import message_uid
+
+QUEUE_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class PendingRecipient:
+    address: Address
+    attempts: int = 0
+    next_try: float = 0.0  # time.time() before which it is not retried
+    last_error: str = ""
+
+
+@dataclass(frozen=True)
+class QueueEntry:
+    # The message id and the recipients it came for: a second hand-off of the same message for
+    # the same recipients is the same entry (de-duplication), another recipient set is not.
+    id: str
+    message: InternalMessage
+    pending: tuple[PendingRecipient, ...]
+    received_from: str = ""  # the client or server that handed it over
+    first_seen: float = 0.0
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def new(cls, message: InternalMessage, recipients: list[Address], source: str) -> QueueEntry:
+        wanted = sorted(f"{r.type}:{r.address.casefold()}" for r in recipients)
+        key = message_uid(message.message_id + "|" + ",".join(wanted))
+        pending = tuple(PendingRecipient(r) for r in recipients)
+        return cls(key, message, pending, source, time.time())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class MessageQueue:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, entry_id: str) -> Path:
+        return self.root / f"{entry_id}.msg"
+
+    def put(self, entry: QueueEntry) -> bool:
+        """Durably queue `entry`; False when the same message is queued already (a redelivery)."""
+        if self.path(entry.id).exists():
+            return False
+        self.write(entry)
+        return True
+
+    def write(self, entry: QueueEntry) -> None:
+        data = cbor2.dumps(
+            {
+                "v": QUEUE_FORMAT_VERSION,
+                "id": entry.id,
+                "message": encode(entry.message),
+                "pending": [
+                    {
+                        "addr": p.address.address,
+                        "name": p.address.display_name,
+                        "type": p.address.type,
+                        "attempts": p.attempts,
+                        "next": p.next_try,
+                        "error": p.last_error,
+                    }
+                    for p in entry.pending
+                ],
+                "from": entry.received_from,
+                "first": entry.first_seen,
+                "meta": entry.meta,
+            }
+        )
+        temp = self.root / f".{entry.id}.tmp"
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, self.path(entry.id))
+        _fsync_dir(self.root)
+
+    def remove(self, entry: QueueEntry) -> None:
+        self.path(entry.id).unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+    def entries(self) -> list[QueueEntry]:
+        """Every queued message, oldest first (a crashed write leaves only a .tmp, ignored)."""
+        found = [_read(p) for p in self.root.glob("*.msg")]
+        return sorted(found, key=lambda e: (e.first_seen, e.id))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.root.glob("*.msg"))
+
+
+def _read(path: Path) -> QueueEntry:
+    document = cbor2.loads(path.read_bytes())
+    pending = tuple(
+        PendingRecipient(
+            Address(p["addr"], p["name"], p["type"]), p["attempts"], p["next"], p["error"]
+        )
+        for p in document["pending"]
+    )
+    message = decode(document["message"])
+    return QueueEntry(
+        document["id"], message, pending, document["from"], document["first"], document["meta"]
+    )
