@@ -79,8 +79,9 @@ def save_plan(prepared: PreparedPlan, path: Path) -> None:
     }
     # The file holds host configs, password hashes included: readable by its owner only.
     text = json.dumps({**body, "checksum": _checksum(body)}, sort_keys=True)
-    write_atomic(path, text.encode())
-    path.chmod(0o600)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(2, "no such directory", str(path.parent))
+    write_atomic(path, text.encode(), mode=0o600)
 
 
 def load_plan(path: Path, state_dir: StateDir) -> PreparedPlan:
@@ -180,11 +181,13 @@ def _retain_removed_stores(plan: Plan, state_dir: StateDir, serial: int) -> None
 
 
 def purge(state_dir: StateDir, names: Sequence[str]) -> list[Path]:
-    """Delete retained stores for good: all, or those whose name starts with one of `names`."""
+    """Delete retained stores for good: all, or those named ALIAS, ORG/ALIAS or
+    ORG/ALIAS.SERIAL (as `retained/` lists them)."""
     removed = []
     for path in sorted(state_dir.retained.glob("*/*")) if state_dir.retained.is_dir() else []:
-        label = f"{path.parent.name}/{path.name}"
-        if not names or any(label.startswith(n) or path.name.startswith(n) for n in names):
+        alias = path.name.rpartition(".")[0]
+        labels = {alias, f"{path.parent.name}/{alias}", f"{path.parent.name}/{path.name}"}
+        if not names or labels & set(names):
             shutil.rmtree(path)
             removed.append(path)
     return removed

@@ -256,7 +256,11 @@ def plan(
     else:
         _print_plan(result)
     if out_file is not None:
-        save_plan(prepared, out_file)
+        try:
+            save_plan(prepared, out_file)
+        except OSError as exc:
+            err.print(f"error: cannot save the plan to {out_file}: {exc.strerror}", markup=False)
+            raise typer.Exit(1) from None
         err.print(
             f"Saved the plan to {out_file}; apply it with `mailwright apply {out_file}`.",
             markup=False,
@@ -290,6 +294,8 @@ def apply_command(
                 _print_plan(prepared.plan)
             prepared.plan.raise_if_unsafe(force)
             if not prepared.plan.has_changes:
+                if from_file:
+                    _print_plan(prepared.plan)
                 return
             if not from_file and not auto_approve:
                 _confirm()
@@ -350,9 +356,14 @@ def purge(
         err.print("error: name the retained stores to delete, or pass --all", markup=False)
         raise typer.Exit(1)
     state_dir = StateDir(state)
-    with state_dir.locked():
-        for path in apply_module.purge(state_dir, names or []):
-            out.print(f"purged {path}", markup=False)
+    try:
+        with state_dir.locked():
+            purged = apply_module.purge(state_dir, names or [])
+    except StateError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(1) from None
+    for path in purged:
+        out.print(f"purged {path}", markup=False)
 
 
 @app.command()

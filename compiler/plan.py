@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import dns.rdatatype
 import dns.zone
+import orjson
 from dns.exception import DNSException
+
+from mailwright.schema.loader import gc_paused
 
 SENSITIVE = "(sensitive)"
 # Blast radius: removing more than this share of mailboxes or of a zone's records, once there
@@ -129,61 +131,124 @@ class Plan:
 def resources(files: Mapping[str, str]) -> dict[str, Resource]:
     """Every resource described by a compiled tree (`<org>/<artifact>` -> text)."""
     found: dict[str, Resource] = {}
-    for organization in sorted({name.split("/", 1)[0] for name in files if "/" in name}):
-        own = {n.split("/", 1)[1]: t for n, t in files.items() if n.startswith(organization + "/")}
+    for organization, own in sorted(_by_organization(files).items()):
         for resource in _organization_resources(organization, own):
             found[resource.address] = resource
     return found
 
 
-def _organization_resources(organization: str, files: Mapping[str, str]) -> Iterable[Resource]:
-    passwords = _password_hashes(files)
-    if "gal.json" in files:
-        for entry in json.loads(files["gal.json"])["recipients"]:
-            yield _mailbox(organization, entry, passwords)
-            for kind, address in entry["primary"].items():
-                yield Resource(
-                    "proxy",
-                    f"{kind}:{address}",
-                    organization,
-                    {"recipient": entry["alias"], "primary": True},
-                )
-            for text in entry["secondary"]:
-                kind, _, address = text.partition(":")
-                yield Resource(
-                    "proxy",
-                    f"{kind.upper()}:{address}",
-                    organization,
-                    {"recipient": entry["alias"], "primary": False},
-                )
-    if "gwart.json" in files:
-        for route in json.loads(files["gwart.json"])["routes"]:
-            space = route["address_space"] or "(any)"
-            via = route["gateway"] or "(local)"
-            attributes = {k: route[k] for k in ("cost", "scope", "site", "location")}
-            yield Resource(
-                "route",
-                f"{organization} {route['type']}:{space} via {via}",
-                organization,
-                attributes,
-            )
+def _by_organization(files: Mapping[str, str]) -> dict[str, dict[str, str]]:
+    grouped: dict[str, dict[str, str]] = {}
     for name, text in files.items():
+        organization, slash, artifact = name.partition("/")
+        if slash:
+            grouped.setdefault(organization, {})[artifact] = text
+    return grouped
+
+
+def _gal(files: Mapping[str, str]) -> list[dict[str, Any]]:
+    if "gal.json" not in files:
+        return []
+    recipients: list[dict[str, Any]] = orjson.loads(files["gal.json"])["recipients"]
+    return recipients
+
+
+def _organization_resources(
+    organization: str,
+    files: Mapping[str, str],
+    names: set[str] | None = None,
+    aliases: set[str] | None = None,
+) -> Iterable[Resource]:
+    """The resources of artifacts `names` (default: all) in `files`; of the GAL, only the
+    recipients `aliases` (default: all)."""
+    names = set(files) if names is None else names
+    hosts = {n for n in names if n.startswith("hosts/")}
+    if aliases is None or aliases:
+        passwords = _password_hashes(files, hosts)
+        for entry in _gal(files):
+            if aliases is None or entry["alias"] in aliases:
+                yield from _recipient(organization, entry, passwords)
+    if "gwart.json" in names and "gwart.json" in files:
+        yield from _routes(organization, files["gwart.json"])
+    for name in sorted(names & set(files)):
         if name.startswith("zones/"):
-            yield from _zone_resources(
-                organization, name.removeprefix("zones/").removesuffix(".zone"), text
-            )
+            origin = name.removeprefix("zones/").removesuffix(".zone")
+            yield from _zone_resources(organization, origin, files[name])
         elif name.startswith("hosts/"):
             server = name.removeprefix("hosts/").removesuffix(".json")
-            yield _host(organization, server, text)
+            yield _host(organization, server, files[name])
 
 
-def _password_hashes(files: Mapping[str, str]) -> dict[str, str]:
+def _recipient(
+    organization: str, entry: dict[str, Any], passwords: dict[str, str]
+) -> Iterable[Resource]:
+    yield _mailbox(organization, entry, passwords)
+    alias = entry["alias"]
+    for kind, address in entry["primary"].items():
+        yield Resource(
+            "proxy", f"{kind}:{address}", organization, {"recipient": alias, "primary": True}
+        )
+    for text in entry["secondary"]:
+        kind, _, address = text.partition(":")
+        yield Resource(
+            "proxy",
+            f"{kind.upper()}:{address}",
+            organization,
+            {"recipient": alias, "primary": False},
+        )
+
+
+def _routes(organization: str, text: str) -> Iterable[Resource]:
+    for route in orjson.loads(text)["routes"]:
+        space = route["address_space"] or "(any)"
+        via = route["gateway"] or "(local)"
+        attributes = {k: route[k] for k in ("cost", "scope", "site", "location")}
+        name = f"{organization} {route['type']}:{space} via {via}"
+        yield Resource("route", name, organization, attributes)
+
+
+def _password_hashes(files: Mapping[str, str], hosts: set[str]) -> dict[str, str]:
+    """Every mailbox's hash, from the host configs `hosts` (their home servers')."""
     hashes = {}
-    for name, text in files.items():
-        if name.startswith("hosts/"):
-            for mailbox in json.loads(text)["mailboxes"]:
-                hashes[mailbox["alias"]] = mailbox["password_hash"]
+    for name in hosts & set(files):
+        for mailbox in orjson.loads(files[name])["mailboxes"]:
+            hashes[mailbox["alias"]] = mailbox["password_hash"]
     return hashes
+
+
+def _changed_resources(
+    old: Mapping[str, str], new: Mapping[str, str]
+) -> tuple[dict[str, Resource], dict[str, Resource], dict[str, int]]:
+    """Resources of the artifacts that differ, on both sides, and each organization's mailbox
+    count before: a one-mailbox change in a large organization parses a handful of files."""
+    old_orgs, new_orgs = _by_organization(old), _by_organization(new)
+    before: dict[str, Resource] = {}
+    after: dict[str, Resource] = {}
+    totals: dict[str, int] = {}
+    for organization in sorted(set(old_orgs) | set(new_orgs)):
+        was, now = old_orgs.get(organization, {}), new_orgs.get(organization, {})
+        names = {n for n in set(was) | set(now) if was.get(n) != now.get(n)}
+        old_gal, new_gal = (_gal(was), _gal(now)) if "gal.json" in names else ([], [])
+        totals[organization] = len(old_gal)
+        # A recipient's record or password hash can change only if its GAL entry or its home
+        # server's host config changed.
+        aliases = _changed_entries(old_gal, new_gal) | _changed_passwords(was, now, names)
+        for side, files in ((before, was), (after, now)):
+            for resource in _organization_resources(organization, files, names, aliases):
+                side[resource.address] = resource
+    return before, after, totals
+
+
+def _changed_entries(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> set[str]:
+    was = {e["alias"]: e for e in old}
+    now = {e["alias"]: e for e in new}
+    return {a for a in set(was) | set(now) if was.get(a) != now.get(a)}
+
+
+def _changed_passwords(was: Mapping[str, str], now: Mapping[str, str], names: set[str]) -> set[str]:
+    hosts = {n for n in names if n.startswith("hosts/")}
+    old, new = _password_hashes(was, hosts), _password_hashes(now, hosts)
+    return {a for a in set(old) | set(new) if old.get(a) != new.get(a)}
 
 
 def _mailbox(organization: str, entry: dict[str, Any], passwords: dict[str, str]) -> Resource:
@@ -220,7 +285,7 @@ def _zone_resources(organization: str, origin: str, text: str) -> Iterable[Resou
 
 
 def _host(organization: str, server: str, text: str) -> Resource:
-    config = json.loads(text)
+    config = orjson.loads(text)
     attributes = {
         "roles": config["server"]["roles"],
         "services": config["server"]["services"],
@@ -254,17 +319,21 @@ def runtime_actions(old: Mapping[str, str], new: Mapping[str, str]) -> list[Runt
     """A new host starts, a removed one stops, a changed config restarts its host, and a change
     to the shared artifacts alone (GAL, servers, zones) has the organization's hosts reload."""
     actions = []
+    shared: dict[str, list[str]] = {}
     for name in sorted(n for n in set(old) | set(new) if "/hosts/" in n):
         organization, _, file = name.partition("/hosts/")
         host = f"{organization}/{file.removesuffix('.json')}"
+        if organization not in shared:
+            shared[organization] = _shared_changes(organization, old, new)
         if name not in old:
             actions.append(RuntimeAction(host, "start", "new host"))
         elif name not in new:
             actions.append(RuntimeAction(host, "stop", "host removed from the spec"))
         elif old[name] != new[name]:
             actions.append(RuntimeAction(host, "restart", "host config changed"))
-        elif shared := _shared_changes(organization, old, new):
-            actions.append(RuntimeAction(host, "reload", f"{', '.join(shared)} changed"))
+        elif shared[organization]:
+            reason = f"{', '.join(shared[organization])} changed"
+            actions.append(RuntimeAction(host, "reload", reason))
     return actions
 
 
@@ -293,7 +362,13 @@ def drift(applied: Mapping[str, Mapping[str, Any]], on_disk: Mapping[str, str]) 
     return found
 
 
-def unsafe_findings(before: Mapping[str, Resource], changes: list[ResourceChange]) -> list[str]:
+def unsafe_findings(
+    before: Mapping[str, Resource],
+    changes: list[ResourceChange],
+    mailboxes: Mapping[str, int] | None = None,
+) -> list[str]:
+    """`before` holds every record of each changed zone; `mailboxes` counts each organization's
+    mailboxes before (default: those in `before`)."""
     findings = []
     # Only mailboxes and records count towards the blast radius (a deleted proxy has no zone).
     deleted = [
@@ -301,9 +376,17 @@ def unsafe_findings(before: Mapping[str, Resource], changes: list[ResourceChange
         for c in changes
         if c.action is Action.DELETE and c.resource.kind in ("mailbox", "record")
     ]
-    groups: dict[tuple[str, str], int] = {}
+    if mailboxes is None:
+        mailboxes = {}
+        for resource in before.values():
+            if resource.kind == "mailbox":
+                mailboxes[resource.organization] = mailboxes.get(resource.organization, 0) + 1
+    groups: dict[tuple[str, str], int] = {
+        ("mailbox", f"organization {organization}"): count
+        for organization, count in mailboxes.items()
+    }
     for resource in before.values():
-        if resource.kind in ("mailbox", "record"):
+        if resource.kind == "record":
             groups[_group(resource)] = groups.get(_group(resource), 0) + 1
     for group, total in sorted(groups.items()):
         removed = sum(_group(r) == group for r in deleted)
@@ -335,10 +418,12 @@ def make_plan(
     """old: the applied tree as on disk; applied: the manifests state recorded; new: compiled."""
     drifted = drift(applied, old)
     broken = _unreadable(drifted, old)
-    before = resources({n: t for n, t in old.items() if n not in broken})
-    after = resources(new)
-    changes = diff(before, after)
-    return Plan(changes, runtime_actions(old, new), drifted, unsafe_findings(before, changes))
+    readable = {n: t for n, t in old.items() if n not in broken}
+    with gc_paused():
+        before, after, mailboxes = _changed_resources(readable, new)
+        changes = diff(before, after)
+        actions = runtime_actions(old, new)
+    return Plan(changes, actions, drifted, unsafe_findings(before, changes, mailboxes))
 
 
 def _unreadable(drifted: Iterable[Drift], files: Mapping[str, str]) -> set[str]:

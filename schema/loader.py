@@ -326,6 +326,8 @@ def _shared_names(spec: OrganizationSpec) -> Iterable[tuple[str, str, SpecPath]]
         yield "domain", domain, ("organization", "domains", i)
     for i, site in enumerate(spec.sites):
         for j, server in enumerate(site.servers):
+            # Hosts of every organization share one runtime state directory, by server name.
+            yield "server name", server.name, ("sites", i, "servers", j, "name")
             yield "IPv4 address", str(server.ipv4), ("sites", i, "servers", j, "ipv4")
             yield "fqdn", server.fqdn, ("sites", i, "servers", j, "fqdn")
 
