@@ -1,7 +1,7 @@
 """One host's runtime process: reads its compiled `hosts/<server>.json`, serves its roles.
 
     python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1]
-                                     [--pop3-port N] [--transfer-port N]
+                                     [--pop3-port N] [--transfer-port N] [--dns-port N]
 
 Every host runs an MTA (the internal transfer port); a store host adds the mailbox store and
 its POP3 server. Once it listens the process writes `<state>/hosts/<server>/endpoints.json` and
@@ -21,6 +21,7 @@ from typing import Any
 
 from mailwright.runtime import transfer
 from mailwright.runtime.mta import Mta, endpoints_in
+from mailwright.runtime.nameserver import Authority, NameServer, load_zones
 from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
@@ -74,11 +75,20 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
         pop3 = pop3_server(config, state, store, accounts)
         listeners["pop3"] = await pop3.start(bind, ports["pop3"])
     endpoints = {name: _address(listener) for name, listener in listeners.items()}
+    nameserver = None
+    if "dns" in services:
+        # The local runtime's one resolver answers for every organization applied together.
+        zones = load_zones(sorted(config_path.parent.parent.parent.glob("*/zones/*.zone")))
+        nameserver = NameServer(Authority(zones))
+        host, port = await nameserver.start(bind, ports["dns"])
+        endpoints["dns"] = f"{host}:{port}"
     _write_endpoints(state / "hosts" / config["server"]["name"], endpoints)
     worker = loop.create_task(mta.run())
     print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
     await stop.wait()
     worker.cancel()
+    if nameserver is not None:
+        await nameserver.stop()
     for listener in listeners.values():
         listener.close()
         await listener.wait_closed()
@@ -96,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
     parser.add_argument("--pop3-port", type=int, default=110)
     parser.add_argument("--transfer-port", type=int, default=7025)
+    parser.add_argument("--dns-port", type=int, default=53)
     args = parser.parse_args(argv)
-    ports = {"pop3": args.pop3_port, "transfer": args.transfer_port}
+    ports = {"pop3": args.pop3_port, "transfer": args.transfer_port, "dns": args.dns_port}
     try:
         asyncio.run(serve(args.config, args.state, args.bind, ports))
     except OSError as exc:
