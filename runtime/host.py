@@ -2,6 +2,7 @@
 
     python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1]
                                      [--pop3-port N] [--transfer-port N] [--dns-port N]
+                                     [--smtp-port N]
 
 Every host runs an MTA (the internal transfer port); a store host adds the mailbox store and
 its POP3 server. Once it listens the process writes `<state>/hosts/<server>/endpoints.json` and
@@ -15,11 +16,19 @@ import asyncio
 import json
 import os
 import signal
+import ssl
 import sys
 from pathlib import Path
 from typing import Any
 
 from mailwright.runtime import transfer
+from mailwright.runtime.ims import (
+    InboundHandler,
+    Outbound,
+    resolver_endpoint,
+    smtp_endpoints,
+    smtp_server,
+)
 from mailwright.runtime.mta import Mta, endpoints_in
 from mailwright.runtime.nameserver import Authority, NameServer, load_zones
 from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
@@ -33,22 +42,22 @@ def store_for(config: dict[str, Any], state: Path) -> MailStore:
     return MailStore(state / "hosts" / server / "store", limits)
 
 
-def pop3_server(
-    config: dict[str, Any], state: Path, store: MailStore, accounts: Pop3Accounts
-) -> Pop3Server:
+def tls_context(config: dict[str, Any], state: Path) -> ssl.SSLContext:
+    """The certificate the spec names, or a self-signed one made at first start."""
     tls = config.get("tls")
     if tls:
         certificate, key = Path(tls["certificate"]), Path(tls["private_key"])
     else:
-        certificate, key = self_signed(
-            state / "hosts" / config["server"]["name"], config["server"]["fqdn"]
-        )
-    return Pop3Server(
-        accounts,
-        store,
-        server_context(certificate, key),
-        idle_timeout=float(config["pop3"]["idle_timeout"]),
-    )
+        server = config["server"]
+        certificate, key = self_signed(state / "hosts" / server["name"], server["fqdn"])
+    return server_context(certificate, key)
+
+
+def pop3_server(
+    config: dict[str, Any], state: Path, store: MailStore, accounts: Pop3Accounts
+) -> Pop3Server:
+    idle_timeout = float(config["pop3"]["idle_timeout"])
+    return Pop3Server(accounts, store, tls_context(config, state), idle_timeout=idle_timeout)
 
 
 def _write_endpoints(folder: Path, endpoints: dict[str, str]) -> None:
@@ -74,6 +83,17 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     if store is not None:
         pop3 = pop3_server(config, state, store, accounts)
         listeners["pop3"] = await pop3.start(bind, ports["pop3"])
+    tasks = [loop.create_task(mta.run())]
+    if "smtp" in services:
+        ims = config["ims"]
+        handler = InboundHandler(mta, ims, accounts)
+        context = tls_context(config, state)
+        listeners["smtp"] = await loop.create_server(
+            lambda: smtp_server(handler, ims, context), bind, ports["smtp"]
+        )
+        if ims["transfer_mode"] in ("inbound_and_outbound", "outbound_only"):
+            outbound = Outbound(mta, ims, resolver_endpoint(state), smtp_endpoints(state))
+            tasks.append(loop.create_task(outbound.run()))
     endpoints = {name: _address(listener) for name, listener in listeners.items()}
     nameserver = None
     if "dns" in services:
@@ -83,10 +103,10 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
         host, port = await nameserver.start(bind, ports["dns"])
         endpoints["dns"] = f"{host}:{port}"
     _write_endpoints(state / "hosts" / config["server"]["name"], endpoints)
-    worker = loop.create_task(mta.run())
     print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
     await stop.wait()
-    worker.cancel()
+    for task in tasks:
+        task.cancel()
     if nameserver is not None:
         await nameserver.stop()
     for listener in listeners.values():
@@ -107,8 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pop3-port", type=int, default=110)
     parser.add_argument("--transfer-port", type=int, default=7025)
     parser.add_argument("--dns-port", type=int, default=53)
+    parser.add_argument("--smtp-port", type=int, default=25)
     args = parser.parse_args(argv)
-    ports = {"pop3": args.pop3_port, "transfer": args.transfer_port, "dns": args.dns_port}
+    ports = {
+        "pop3": args.pop3_port,
+        "transfer": args.transfer_port,
+        "dns": args.dns_port,
+        "smtp": args.smtp_port,
+    }
     try:
         asyncio.run(serve(args.config, args.state, args.bind, ports))
     except OSError as exc:

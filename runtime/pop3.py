@@ -78,6 +78,12 @@ class Pop3Accounts:
             self._by_name[account.alias.casefold()] = account
             self._by_name[account.address.casefold()] = account
 
+    def verify_now(self, user: str, password: str) -> Pop3Account | None:
+        """The account, if the password is its own; blocking (for synchronous callers)."""
+        account = self._by_name.get(user.casefold())
+        stored = account.password_hash if account else _DUMMY_HASH
+        return account if verify_password(stored, password) and account else None
+
     async def authenticate(self, peer: str, user: str, password: str) -> Pop3Account | None:
         account = self._by_name.get(user.casefold())
         stored = account.password_hash if account else _DUMMY_HASH
@@ -152,6 +158,7 @@ class Pop3Session(asyncio.Protocol):
         self._writable.set()
         self._idle: asyncio.TimerHandle | None = None
         self._worker: asyncio.Task[None] | None = None
+        self._lost = False
 
     # --- transport events ------------------------------------------------------------------
 
@@ -169,15 +176,15 @@ class Pop3Session(asyncio.Protocol):
         self._buffer += data
         while (end := self._buffer.find(b"\n")) >= 0:
             line, self._buffer = self._buffer[:end], self._buffer[end + 1 :]
-            if self._discarding:
+            if self._discarding or len(line) + 1 > MAX_COMMAND_LINE:
                 self._discarding = False
                 self._lines.put_nowait(b"\x00too-long")
                 continue
             self._lines.put_nowait(line.rstrip(b"\r"))
             if self._starts_tls(line):
                 # RFC 2595 §4 (and the STARTTLS injection attacks): nothing the client sent
-                # after STLS, before the handshake, may be acted upon.
-                self._buffer = b""
+                # after STLS, before the handshake, may be acted upon. The rest stays unread
+                # until STLS is answered: dropped if TLS starts, read if STLS is refused.
                 if self.transport is not None:
                     self.transport.pause_reading()
                 return
@@ -196,7 +203,9 @@ class Pop3Session(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         # RFC 1939 §6: without QUIT the session never enters UPDATE; nothing is deleted.
+        self._lost = True
         self._release()
+        self._writable.set()  # a RETR waiting for the socket to drain must not wait forever
         if self._idle is not None:
             self._idle.cancel()
         self._lines.put_nowait(None)
@@ -227,7 +236,9 @@ class Pop3Session(asyncio.Protocol):
         """Status line, then the body with CRLF line ends and leading dots doubled, then "."
         (RFC 1939 §3)."""
         self._send(status)
-        lines = body.replace(b"\r\n", b"\n").split(b"\n")
+        # Stored messages already have LF line ends (store.to_lf); converting again would turn
+        # a CR that belongs to the line ("x\r\r\n" stored as "x\r\n") into part of the line end.
+        lines = body.split(b"\n")
         if lines and lines[-1] == b"":
             lines.pop()
         chunk = b"".join((b"." + line if line.startswith(b".") else line) + CRLF for line in lines)
@@ -275,8 +286,18 @@ class Pop3Session(asyncio.Protocol):
 
     async def pop3_STLS(self, argument: str) -> str | None:
         if not self._can_start_tls() or self.transport is None or self.server.tls is None:
+            if self.transport is not None and not self.transport.is_closing():
+                # data_received held back what followed STLS; answer it after this refusal.
+                self.transport.resume_reading()
+                self.data_received(b"")
             return "-ERR STLS not available" if self.state is State.AUTHORIZATION else ERR_STATE
         self._send("+OK Begin TLS negotiation")
+        # RFC 2595 §4: forget everything learned before the handshake, and do it now: what
+        # the client sends with its last handshake flight reaches data_received before
+        # start_tls returns.
+        self.tls_active, self.user, self._buffer = True, None, b""
+        while not self._lines.empty():
+            self._lines.get_nowait()
         loop = asyncio.get_running_loop()
         try:
             transport = await loop.start_tls(
@@ -287,10 +308,7 @@ class Pop3Session(asyncio.Protocol):
             return None
         if transport is None:
             return None
-        # RFC 2595 §4: forget everything learned before the handshake.
-        self.transport, self.tls_active, self.user, self._buffer = transport, True, None, b""
-        while not self._lines.empty():
-            self._lines.get_nowait()
+        self.transport = transport
         return None
 
     async def pop3_USER(self, argument: str) -> str | None:
@@ -337,6 +355,8 @@ class Pop3Session(asyncio.Protocol):
 
     async def _login(self, user: str, password: str) -> str:
         account = await self.server.accounts.authenticate(self.peer, user, password)
+        if self._lost:
+            return ERR_AUTH  # nobody to answer, and the maildrop must not stay locked
         if account is None:
             return ERR_AUTH
         if not account.enabled:
