@@ -21,7 +21,9 @@ demo: $(STAMP)
 	$(BIN)/mailwright compile $(SEED) --out build
 	cat build/DCNW/gwart.txt
 	$(BIN)/mailwright route mark@minasi.com --from athena $(SEED)
-	$(BIN)/mailwright plan $(SEED) --state .mailwright
+	$(BIN)/mailwright apply $(SEED) --state .mailwright --auto-approve
+	$(BIN)/mailwright status --state .mailwright
+	$(BIN)/python examples/seed/journey.py --state .mailwright
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

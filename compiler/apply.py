@@ -8,6 +8,7 @@ altered file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import json
@@ -20,12 +21,16 @@ from typing import Any
 from mailwright.compiler.build import build_date, compile_all, tree_files
 from mailwright.compiler.plan import Action, Plan, make_plan
 from mailwright.compiler.state import State, StateDir, StateError, write_atomic, write_tree_durably
-from mailwright.runtime.launcher import HostAction, launch
+from mailwright.runtime.launcher import HostAction, LaunchError, launch, stop_runtime
 from mailwright.schema import LoadedSpec
 
 PLANFILE_FORMAT_VERSION = 1
 # Hosts get 127.0.1.1, 127.0.1.2, ...: inside 127.0.0.0/8 and clear of 127.0.0.1 itself.
 FIRST_HOST_ADDRESS = ipaddress.IPv4Address("127.0.1.1")
+
+
+class ApplyError(StateError):
+    """Applying failed and was rolled back."""
 
 
 class PlanFileError(StateError):
@@ -133,16 +138,29 @@ def apply(prepared: PreparedPlan, state_dir: StateDir) -> State:
     write_tree_durably(target, prepared.files)
     _retain_removed_stores(prepared.plan, state_dir, new.serial)
     state_dir.write(new)
-    launch(
-        state_dir.path,
-        target,
-        new.serial,
-        [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions],
-    )
+    actions = [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions]
+    try:
+        launch(state_dir.path, target, new.serial, actions)
+    except LaunchError as exc:
+        _roll_back(state_dir, state, target)
+        raise ApplyError(f"{exc}; rolled back to state serial {state.serial}") from None
     old = state_dir.artifacts(state.serial)
     if state.serial and old.exists():
         shutil.rmtree(old)
     return new
+
+
+def _roll_back(state_dir: StateDir, previous: State, target: Path) -> None:
+    """The previous state stays current and the previous runtime keeps (or goes back to)
+    running; the new artifacts are removed."""
+    if previous.serial:
+        state_dir.write(previous)
+        with contextlib.suppress(LaunchError):
+            launch(state_dir.path, state_dir.artifacts(previous.serial), previous.serial, [])
+    else:
+        state_dir.state_file.unlink(missing_ok=True)
+        stop_runtime(state_dir.path)
+    shutil.rmtree(target, ignore_errors=True)
 
 
 def _host_addresses(previous: dict[str, str], files: dict[str, str]) -> dict[str, str]:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -296,11 +297,14 @@ def apply_command(
             if not prepared.plan.has_changes:
                 if from_file:
                     _print_plan(prepared.plan)
+                if prepared.state_serial:
+                    # Nothing to change, but what is applied should be running.
+                    launcher.ensure_running(state_dir.path, prepared.state_serial)
                 return
             if not from_file and not auto_approve:
                 _confirm()
             applied = apply(prepared, state_dir)
-    except (StateError, UnsafePlanError, ZoneError) as exc:
+    except (StateError, UnsafePlanError, ZoneError, launcher.LaunchError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     counts = prepared.plan.counts()
@@ -437,6 +441,63 @@ def track(
         out.print(
             f"{event['time']}  {event['host']:<12} {event['event']:<11} {details}", markup=False
         )
+
+
+@app.command()
+def status(
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Every host of the running organization: pid, state, endpoints, queue, restarts."""
+    current = launcher.status(state)
+    if as_json:
+        print(json.dumps(current, indent=2, sort_keys=True))
+        return
+    if current["pid"] is None:
+        out.print(
+            f"The runtime of {state} is not running (`mailwright apply` starts it).", markup=False
+        )
+        raise typer.Exit(1)
+    out.print(f"supervisor pid {current['pid']}, state serial {current['serial']}", markup=False)
+    for name, host in current["hosts"].items():
+        services = " ".join(f"{k}={v}" for k, v in sorted(host["services"].items()))
+        line = f"{name:<20} {host['state']:<9} pid {host['pid']}  queue {host['queue']}  {services}"
+        if host["restarts"]:
+            line += f"  restarted {host['restarts']}x ({host['last_error']})"
+        out.print(line, markup=False)
+
+
+@app.command()
+def down(state: StateOption = Path(DEFAULT_STATE_DIR)) -> None:
+    """Stop every host gracefully; queued mail stays on disk and resumes on the next apply."""
+    if launcher.stop_runtime(state):
+        out.print("The runtime is down.", markup=False)
+    else:
+        out.print("The runtime was not running.", markup=False)
+
+
+@app.command()
+def logs(
+    host: Annotated[str, typer.Argument(help="The server name.")],
+    state: StateOption = Path(DEFAULT_STATE_DIR),
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+) -> None:
+    """Print a host's log."""
+    path = state / "runtime" / "logs" / f"{host}.log"
+    if not path.exists():
+        err.print(f"error: no log for host {host} in {state}", markup=False)
+        raise typer.Exit(1)
+    with open(path, encoding="utf-8", errors="replace") as log:
+        sys.stdout.write(log.read())
+        while follow:
+            line = log.readline()
+            if line:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+            else:
+                time.sleep(0.2)
 
 
 @app.command()

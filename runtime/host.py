@@ -32,6 +32,7 @@ from mailwright.runtime.ims import (
 from mailwright.runtime.mta import Mta, endpoints_in
 from mailwright.runtime.nameserver import Authority, NameServer, load_zones
 from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
+from mailwright.runtime.router import Router
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
 
@@ -103,6 +104,17 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
         host, port = await nameserver.start(bind, ports["dns"])
         endpoints["dns"] = f"{host}:{port}"
     _write_endpoints(state / "hosts" / config["server"]["name"], endpoints)
+
+    def reload() -> None:
+        """SIGHUP: the shared artifacts (GAL, zones) of the state's current serial."""
+        current = _current(state, config_path)
+        mta.router = Router(config, json.loads((current.parent.parent / "gal.json").read_text()))
+        if nameserver is not None:
+            nameserver.authority = Authority(
+                load_zones(sorted(current.parents[2].glob("*/zones/*.zone")))
+            )
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
     print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
     await stop.wait()
     for task in tasks:
@@ -112,6 +124,13 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     for listener in listeners.values():
         listener.close()
         await listener.wait_closed()
+
+
+def _current(state: Path, config_path: Path) -> Path:
+    """This host's config in the state's current serial (apply moves it to a new folder)."""
+    serial = json.loads((state / "state.json").read_text(encoding="utf-8"))["serial"]
+    organization = config_path.parent.parent.name
+    return state / "artifacts" / str(serial) / organization / "hosts" / config_path.name
 
 
 def _address(listener: asyncio.Server) -> str:

@@ -12,16 +12,33 @@ import asyncio
 import json
 import mimetypes
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mailwright.runtime.message import Address, Attachment, Recipient, encode
 from mailwright.runtime.mta import endpoints_in, new_message
 from mailwright.runtime.tracking import track
 from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
 
-__all__ = ["HostAction", "Submission", "SubmitError", "launch", "submit", "track"]
+__all__ = [
+    "HostAction",
+    "LaunchError",
+    "Submission",
+    "SubmitError",
+    "launch",
+    "start_runtime",
+    "status",
+    "stop_runtime",
+    "submit",
+    "track",
+]
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,94 @@ def launch(state_dir: Path, artifacts: Path, serial: int, actions: Sequence[Host
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+    ensure_running(state_dir, serial)
+
+
+def ensure_running(state_dir: Path, serial: int) -> None:
+    """The runtime of `serial` up and answering (unless MAILWRIGHT_RUNTIME=off)."""
+    if os.environ.get("MAILWRIGHT_RUNTIME", "on") != "off":
+        start_runtime(state_dir)
+        wait_until_running(state_dir, serial)
+
+
+class LaunchError(Exception):
+    """The runtime did not come up as applied; the message names the hosts and why."""
+
+
+def supervisor_pid(state_dir: Path) -> int | None:
+    try:
+        pid = int((state_dir / "runtime" / "supervisor.pid").read_text())
+        os.kill(pid, 0)
+    except (OSError, ValueError):
+        return None
+    return pid
+
+
+def start_runtime(state_dir: Path) -> None:
+    """Start the supervisor in the background (it outlives the CLI), or have it look again."""
+    pid = supervisor_pid(state_dir)
+    if pid is not None:
+        os.kill(pid, signal.SIGHUP)
+        return
+    runtime = state_dir / "runtime"
+    runtime.mkdir(parents=True, exist_ok=True)
+    with open(runtime / "supervisor.log", "ab") as log:
+        subprocess.Popen(
+            [sys.executable, "-m", "mailwright.runtime.supervisor", "--state", str(state_dir)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def status(state_dir: Path) -> dict[str, Any]:
+    try:
+        document: dict[str, Any] = json.loads((state_dir / "runtime" / "status.json").read_text())
+    except (OSError, ValueError):
+        return {"pid": None, "serial": None, "hosts": {}}
+    document["pid"] = supervisor_pid(state_dir)
+    return document
+
+
+def wait_until_running(state_dir: Path, serial: int, timeout: float = 60.0) -> dict[str, Any]:
+    """Until every host of `serial` answers on every endpoint; LaunchError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        current = status(state_dir)
+        hosts = current["hosts"]
+        waiting = {n: h for n, h in hosts.items() if h["state"] != "running" or not _answers(h)}
+        if current["serial"] == serial and hosts and not waiting:
+            return current
+        if time.monotonic() > deadline:
+            why = "; ".join(
+                f"{n}: {h['state']} {h['last_error']}".strip() for n, h in waiting.items()
+            )
+            raise LaunchError(f"the runtime did not come up: {why or 'no supervisor'}")
+        time.sleep(0.2)
+
+
+def _answers(host: dict[str, Any]) -> bool:
+    for endpoint in host["services"].values():
+        address, _, port = endpoint.rpartition(":")
+        try:
+            with socket.create_connection((address, int(port)), timeout=1):
+                pass
+        except OSError:
+            return False
+    return True
+
+
+def stop_runtime(state_dir: Path, timeout: float = 30.0) -> bool:
+    """Stop every host gracefully (queues stay on disk), then the supervisor."""
+    pid = supervisor_pid(state_dir)
+    if pid is None:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while supervisor_pid(state_dir) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return True
 
 
 class SubmitError(Exception):
@@ -72,9 +177,9 @@ def parse_address(text: str) -> Address:
     return Address(text, type=kind)
 
 
-def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str]:
-    """(organization, home server, alias, display name) of the mailbox owning `sender`, from
-    the applied artifacts."""
+def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str, str]:
+    """(organization, home server, alias, display name, primary SMTP address) of the mailbox
+    owning `sender` (any of its addresses, or its alias), from the applied artifacts."""
     try:
         serial = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))["serial"]
     except (OSError, ValueError, KeyError):
@@ -94,6 +199,7 @@ def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str]:
                     entry["home_server"],
                     entry["alias"],
                     entry["display_name"],
+                    entry["primary"]["SMTP"],
                 )
     raise SubmitError(f"no mailbox has the address {sender}")
 
@@ -101,7 +207,7 @@ def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str]:
 def submit(state_dir: Path, submission: Submission) -> str:
     """Submit in the internal format to the sender's home server (the seed's step 1);
     returns the message id once the home server's queue holds it."""
-    organization, home, alias, display_name = _home_of(state_dir, submission.sender)
+    organization, home, alias, display_name, address = _home_of(state_dir, submission.sender)
     endpoint = endpoints_in(state_dir)(home)
     if endpoint is None:
         raise SubmitError(f"{organization}'s server {home} is not running")
@@ -118,13 +224,14 @@ def submit(state_dir: Path, submission: Submission) -> str:
         raise SubmitError(f"cannot read attachment: {exc}") from None
     recipients = [Recipient(parse_address(a), "to") for a in submission.to]
     recipients += [Recipient(parse_address(a), "cc") for a in submission.cc]
+    # The mailbox sends as its primary SMTP address, whichever of its addresses named it.
     message = new_message(
-        Address(submission.sender, display_name),
+        Address(address, display_name),
         recipients=recipients,
         subject=submission.subject,
         body=submission.body,
         attachments=attachments,
-        domain=submission.sender.rpartition("@")[2] or "localhost",
+        domain=address.rpartition("@")[2],
     )
     document = {
         "user": alias,

@@ -129,8 +129,8 @@ def _reply(authority: Authority, wire: bytes, limit: int | None) -> bytes | None
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, authority: Authority) -> None:
-        self.authority = authority
+    def __init__(self, server: NameServer) -> None:
+        self.server = server
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -138,7 +138,7 @@ class _Udp(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        reply = _reply(self.authority, data, UDP_LIMIT)
+        reply = _reply(self.server.authority, data, UDP_LIMIT)
         if reply is not None and self.transport is not None:
             self.transport.sendto(reply, addr)
 
@@ -155,7 +155,7 @@ class NameServer:
         self._tcp = await asyncio.start_server(self._tcp_session, host, port)
         bound = self._tcp.sockets[0].getsockname()[1]
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(self.authority), local_addr=(host, bound)
+            lambda: _Udp(self), local_addr=(host, bound)
         )
         self._udp = transport
         return host, bound

@@ -1,0 +1,202 @@
+"""The supervisor: keeps one process per applied host running, in the background.
+
+    python -m mailwright.runtime.supervisor --state DIR
+
+It outlives the CLI that started it. It follows the state directory: when `apply` writes a new
+serial it starts new hosts, restarts the hosts whose own config changed, sends the others
+SIGHUP when only shared artifacts changed (GAL, zones), and stops removed hosts. A host that
+dies is restarted with a growing delay. Each host listens on its own loopback address (kept in
+state.json); as root on the spec's ports, otherwise on the fixed unprivileged mapping below.
+`<state>/runtime/status.json` says what runs; SIGTERM stops every host, then the supervisor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Without root the well-known ports are out of reach: SMTP 25 -> 2525, POP3 110 -> 1110,
+# DNS 53 -> 5353; the MTA transfer port 7025 needs no mapping.
+UNPRIVILEGED = {"smtp": 2525, "pop3": 1110, "dns": 5353, "transfer": 7025}
+PRIVILEGED = {"smtp": 25, "pop3": 110, "dns": 53, "transfer": 7025}
+MAX_BACKOFF = 30.0
+
+
+def ports() -> dict[str, int]:
+    return PRIVILEGED if os.geteuid() == 0 else UNPRIVILEGED
+
+
+@dataclass
+class Host:
+    name: str  # "<org>/<server>"
+    config: Path
+    address: str
+    process: subprocess.Popen[bytes] | None = None
+    config_text: str = ""
+    restarts: int = 0
+    backoff: float = 1.0
+    not_before: float = 0.0
+    last_error: str = ""
+    events: list[str] = field(default_factory=list)
+
+    @property
+    def server(self) -> str:
+        return self.name.split("/", 1)[1]
+
+
+class Supervisor:
+    def __init__(self, state: Path) -> None:
+        self.state = state
+        self.runtime = state / "runtime"
+        self.hosts: dict[str, Host] = {}
+        self.serial = -1
+        self.stopping = False
+
+    def _read_state(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.state / "state.json").read_text(encoding="utf-8"))
+        return data
+
+    def reconcile(self) -> None:
+        state = self._read_state()
+        if state["serial"] == self.serial:
+            return
+        self.serial = state["serial"]
+        tree = self.state / "artifacts" / str(self.serial)
+        wanted = {}
+        for name, address in state["host_addresses"].items():
+            organization, server = name.split("/", 1)
+            wanted[name] = (tree / organization / "hosts" / f"{server}.json", address)
+        for name in sorted(set(self.hosts) - set(wanted)):
+            self._stop(self.hosts.pop(name), "removed from the spec")
+        for name, (config, address) in sorted(wanted.items()):
+            self._converge(name, config, address)
+
+    def _converge(self, name: str, config: Path, address: str) -> None:
+        text = config.read_text(encoding="utf-8")
+        host = self.hosts.get(name)
+        if host is None:
+            host = self.hosts[name] = Host(name, config, address)
+        elif host.config_text != text or host.address != address:
+            self._stop(host, "config changed")
+        elif host.process is not None:
+            host.config = config
+            host.process.send_signal(signal.SIGHUP)  # shared artifacts only: reload
+            host.events.append(f"{_now()} reloaded")
+            return
+        host.config, host.address, host.config_text = config, address, text
+        self._start(host)
+
+    def _start(self, host: Host) -> None:
+        (self.state / "hosts" / host.server / "endpoints.json").unlink(missing_ok=True)
+        logs = self.runtime / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        arguments = [sys.executable, "-m", "mailwright.runtime.host", str(host.config)]
+        arguments += ["--state", str(self.state), "--bind", host.address]
+        for service, port in ports().items():
+            arguments += [f"--{service}-port", str(port)]
+        with open(logs / f"{host.server}.log", "ab") as log:
+            host.process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT)
+        host.events.append(f"{_now()} started pid {host.process.pid}")
+
+    def _stop(self, host: Host, why: str) -> None:
+        if host.process is None:
+            return
+        host.process.terminate()
+        try:
+            host.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            host.process.kill()
+            host.process.wait()
+        host.events.append(f"{_now()} stopped ({why})")
+        host.process = None
+        (self.state / "hosts" / host.server / "endpoints.json").unlink(missing_ok=True)
+
+    def watch(self) -> None:
+        """Restart hosts that died, with a growing delay; the event shows in status."""
+        for host in self.hosts.values():
+            if host.process is not None and (code := host.process.poll()) is not None:
+                host.process = None
+                host.restarts += 1
+                host.last_error = f"exited with status {code}"
+                host.events.append(f"{_now()} died ({host.last_error})")
+                host.not_before = time.time() + host.backoff
+                host.backoff = min(MAX_BACKOFF, host.backoff * 2)
+            if host.process is None and time.time() >= host.not_before and not self.stopping:
+                self._start(host)
+
+    def write_status(self) -> None:
+        hosts = {}
+        for name, host in sorted(self.hosts.items()):
+            endpoints_file = self.state / "hosts" / host.server / "endpoints.json"
+            try:
+                services = json.loads(endpoints_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                services = {}
+            hosts[name] = {
+                "pid": host.process.pid if host.process else None,
+                "state": "running"
+                if host.process and services
+                else "starting"
+                if host.process
+                else "stopped",
+                "address": host.address,
+                "services": services,
+                "queue": _queue_depth(self.state / "hosts" / host.server / "queue"),
+                "restarts": host.restarts,
+                "last_error": host.last_error,
+                "events": host.events[-10:],
+            }
+        document = {"pid": os.getpid(), "serial": self.serial, "hosts": hosts}
+        temp = self.runtime / ".status.json.tmp"
+        temp.write_text(json.dumps(document, indent=2, sort_keys=True), encoding="utf-8")
+        os.replace(temp, self.runtime / "status.json")
+
+    def run(self) -> None:
+        self.runtime.mkdir(parents=True, exist_ok=True)
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGHUP, lambda *_: None)  # wakes the loop; reconcile reads state
+        while not self.stopping:
+            self.reconcile()
+            self.watch()
+            self.write_status()
+            time.sleep(0.2)
+        for host in self.hosts.values():
+            self._stop(host, "down")
+        self.write_status()
+
+    def _on_term(self, *_: object) -> None:
+        self.stopping = True
+
+
+def _queue_depth(folder: Path) -> int:
+    return sum(1 for _ in folder.glob("*.msg")) if folder.is_dir() else 0
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="mailwright-supervisor")
+    parser.add_argument("--state", type=Path, required=True)
+    args = parser.parse_args(argv)
+    supervisor = Supervisor(args.state.resolve())
+    (supervisor.runtime).mkdir(parents=True, exist_ok=True)
+    (supervisor.runtime / "supervisor.pid").write_text(str(os.getpid()))
+    try:
+        supervisor.run()
+    finally:
+        (supervisor.runtime / "supervisor.pid").unlink(missing_ok=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
