@@ -122,6 +122,10 @@ def wait_until_running(state_dir: Path, serial: int, timeout: float = 60.0) -> d
         waiting = {n: h for n, h in hosts.items() if h["state"] != "running" or not _answers(h)}
         if current["serial"] == serial and hosts and not waiting:
             return current
+        failed = {n: h for n, h in waiting.items() if h["state"] == "stopped" and h["last_error"]}
+        if current["serial"] == serial and failed:
+            why = "; ".join(f"{n}: {h['last_error']}" for n, h in failed.items())
+            raise LaunchError(f"the runtime did not come up: {why} (see `mailwright logs`)")
         if time.monotonic() > deadline:
             why = "; ".join(
                 f"{n}: {h['state']} {h['last_error']}".strip() for n, h in waiting.items()
