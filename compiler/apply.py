@@ -21,7 +21,13 @@ from typing import Any
 from mailwright.compiler.build import build_date, compile_all, tree_files
 from mailwright.compiler.plan import Action, Plan, make_plan
 from mailwright.compiler.state import State, StateDir, StateError, write_atomic, write_tree_durably
-from mailwright.runtime.launcher import HostAction, LaunchError, launch, stop_runtime
+from mailwright.runtime.launcher import (
+    HostAction,
+    LaunchError,
+    Progress,
+    launch,
+    stop_runtime,
+)
 from mailwright.schema import LoadedSpec
 
 PLANFILE_FORMAT_VERSION = 1
@@ -115,7 +121,7 @@ def load_plan(path: Path, state_dir: StateDir) -> PreparedPlan:
     return _prepared(state_dir, state, document["files"], document["spec_hashes"])
 
 
-def apply(prepared: PreparedPlan, state_dir: StateDir) -> State:
+def apply(prepared: PreparedPlan, state_dir: StateDir, progress: Progress | None = None) -> State:
     """Write the artifacts and the new state (caller holds the lock and checked safety)."""
     state = state_dir.read()
     if (state.lineage, state.serial) != (prepared.lineage, prepared.state_serial) and not (
@@ -140,7 +146,7 @@ def apply(prepared: PreparedPlan, state_dir: StateDir) -> State:
     state_dir.write(new)
     actions = [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions]
     try:
-        launch(state_dir.path, target, new.serial, actions)
+        launch(state_dir.path, target, new.serial, actions, progress)
     except LaunchError as exc:
         _roll_back(state_dir, state, target)
         raise ApplyError(f"{exc}; rolled back to state serial {state.serial}") from None

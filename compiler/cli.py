@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -9,11 +10,13 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import Progress
 
 from mailwright.compiler import apply as apply_module
 from mailwright.compiler import plan_report
@@ -303,7 +306,8 @@ def apply_command(
                 return
             if not from_file and not auto_approve:
                 _confirm()
-            applied = apply(prepared, state_dir)
+            with _host_progress() as progress:
+                applied = apply(prepared, state_dir, progress)
     except (StateError, UnsafePlanError, ZoneError, launcher.LaunchError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
@@ -315,6 +319,18 @@ def apply_command(
         style="green bold",
         markup=False,
     )
+
+
+@contextlib.contextmanager
+def _host_progress() -> Iterator[launcher.Progress]:
+    """A progress bar while the hosts start (on a terminal; rich stays quiet otherwise)."""
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("Starting hosts", total=None)
+
+        def update(ready: int, total: int) -> None:
+            bar.update(task, completed=ready, total=total)
+
+        yield update
 
 
 def _confirm() -> None:

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,16 @@ class HostAction:
     reason: str
 
 
-def launch(state_dir: Path, artifacts: Path, serial: int, actions: Sequence[HostAction]) -> None:
+Progress = Callable[[int, int], None]  # (hosts answering, hosts in all)
+
+
+def launch(
+    state_dir: Path,
+    artifacts: Path,
+    serial: int,
+    actions: Sequence[HostAction],
+    progress: Progress | None = None,
+) -> None:
     log = state_dir / "runtime" / "actions.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "a", encoding="utf-8") as handle:
@@ -63,14 +72,14 @@ def launch(state_dir: Path, artifacts: Path, serial: int, actions: Sequence[Host
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    ensure_running(state_dir, serial)
+    ensure_running(state_dir, serial, progress)
 
 
-def ensure_running(state_dir: Path, serial: int) -> None:
+def ensure_running(state_dir: Path, serial: int, progress: Progress | None = None) -> None:
     """The runtime of `serial` up and answering (unless MAILWRIGHT_RUNTIME=off)."""
     if os.environ.get("MAILWRIGHT_RUNTIME", "on") != "off":
         start_runtime(state_dir)
-        wait_until_running(state_dir, serial)
+        wait_until_running(state_dir, serial, progress=progress)
 
 
 class LaunchError(Exception):
@@ -113,13 +122,17 @@ def status(state_dir: Path) -> dict[str, Any]:
     return document
 
 
-def wait_until_running(state_dir: Path, serial: int, timeout: float = 60.0) -> dict[str, Any]:
+def wait_until_running(
+    state_dir: Path, serial: int, timeout: float = 60.0, progress: Progress | None = None
+) -> dict[str, Any]:
     """Until every host of `serial` answers on every endpoint; LaunchError after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
         current = status(state_dir)
         hosts = current["hosts"]
         waiting = {n: h for n, h in hosts.items() if h["state"] != "running" or not _answers(h)}
+        if progress is not None and current["serial"] == serial:
+            progress(len(hosts) - len(waiting), len(hosts))
         if current["serial"] == serial and hosts and not waiting:
             return current
         failed = {n: h for n, h in waiting.items() if h["state"] == "stopped" and h["last_error"]}
