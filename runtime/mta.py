@@ -13,13 +13,16 @@ import asyncio
 import contextlib
 import datetime
 import json
+import re
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.message import Address, InternalMessage, Recipient, decode, encode
 from mailwright.runtime.ndr import Failure, non_delivery_report
 from mailwright.runtime.pop3 import Pop3Accounts
@@ -112,6 +115,13 @@ class Mta:
             refusal = await self._authorize(document, message)
             if refusal:
                 return refusal
+        try:
+            # The store and the reports render it as RFC 5322 later: a message that cannot be
+            # rendered (a line break in a header, a sender without a domain) is refused here,
+            # before it is queued, instead of failing the MTA's worker then.
+            await asyncio.get_running_loop().run_in_executor(None, to_rfc5322, message)
+        except (KeyError, ValueError, TypeError) as exc:
+            return f"554 5.6.0 message cannot be rendered: {' '.join(str(exc).split())}"
         source = document.get("from", peer) if verb == "XFER" else f"client {peer}"
         await self.accept(message, recipients, str(source))
         if verb == "SUBMIT":
@@ -137,15 +147,23 @@ class Mta:
     # --- processing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             self._wakeup.clear()
-            entries = await asyncio.get_running_loop().run_in_executor(None, self.queue.entries)
+            entries = await loop.run_in_executor(None, self.queue.entries)
             for entry in entries:
-                await self.process(entry)
-            await self._sleep_until_due(entries)
+                try:
+                    await self.process(entry)
+                except Exception:  # one bad entry must not stop the MTA
+                    # The entry stays queued (nothing was acknowledged on its behalf) and is
+                    # tried again later; the traceback goes to the host's log.
+                    traceback.print_exc()
+                    await asyncio.sleep(1.0)
+            remaining = await loop.run_in_executor(None, self.queue.entries)
+            await self._sleep_until_due(remaining)
 
     async def _sleep_until_due(self, entries: list[QueueEntry]) -> None:
-        due = [p.next_try for e in self.queue.entries() for p in e.pending] if entries else []
+        due = [p.next_try for e in entries for p in e.pending]
         delay = max(0.05, min(due) - time.time()) if due else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), delay)
@@ -182,8 +200,12 @@ class Mta:
             for recipient in recipients:
                 if error is None:
                     done.add(recipient)
-                else:
-                    deferred[recipient] = error
+                elif error.temporary:
+                    deferred[recipient] = str(error)
+                else:  # RFC 5321 §4.2.1: a 5yz reply is permanent, retrying cannot help
+                    failures.append(
+                        Failure(recipient, _status_of(str(error)), f"{server}: {error}")
+                    )
         done.update(f.recipient for f in failures)
         await self._report(message, failures)
         await self._settle(entry, done, deferred)
@@ -229,11 +251,11 @@ class Mta:
 
     async def _transfer(
         self, message: InternalMessage, server: str, recipients: list[Address]
-    ) -> str | None:
-        """None when handed over; else why not."""
+    ) -> TransferError | None:
+        """None when handed over; else why not, and whether to try again (`temporary`)."""
         endpoint = self.endpoints(server)
         if endpoint is None:
-            return f"{server} is not running"
+            return TransferError(f"{server} is not running")
         document = {
             "message": encode(message),
             "rcpt": recipients_payload(recipients),
@@ -242,7 +264,7 @@ class Mta:
         try:
             await send_frame(*endpoint, "XFER", document)
         except TransferError as exc:
-            return str(exc)
+            return exc
         self.tracking.event(
             "transferred", message.message_id, to=server, recipients=_list(recipients)
         )
@@ -294,6 +316,14 @@ class Mta:
             await loop.run_in_executor(
                 None, self.queue.write, replace(entry, pending=tuple(remaining))
             )
+
+
+def _status_of(reply: str) -> str:
+    """The RFC 3463 status of a reply like `554 5.3.4 ...`; 5.0.0 when it has none."""
+    words = reply.split()
+    if len(words) > 1 and re.fullmatch(r"5\.\d{1,3}\.\d{1,3}", words[1]):
+        return words[1]
+    return "5.0.0"
 
 
 def _list(recipients: list[Address]) -> str:

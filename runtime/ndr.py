@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.message import Message
@@ -46,7 +47,9 @@ def non_delivery_report(
     report["To"] = email.utils.formataddr((original.sender.display_name, original.sender.address))
     report["Subject"] = f"Undeliverable: {original.subject}"
     report["Date"] = email.utils.format_datetime(now)
-    message_id = email.utils.make_msgid("ndr", domain=reporting_mta)
+    # The same failures of the same message make the same report, so a second hand-off of the
+    # original (hand-offs are at-least-once) yields a report the store de-duplicates.
+    message_id = _report_id(original, failures, reporting_mta)
     report["Message-ID"] = message_id
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834
     report.attach(MIMEText(_human(original, failures), "plain", "utf-8"))
@@ -62,6 +65,12 @@ def non_delivery_report(
         rfc5322=report.as_bytes(),
         extra={REPORT_FLAG: True},
     )
+
+
+def _report_id(original: InternalMessage, failures: Sequence[Failure], reporting_mta: str) -> str:
+    failed = sorted(f"{f.recipient.type}:{f.recipient.address.casefold()}" for f in failures)
+    key = "|".join([original.message_id, *failed]).encode("utf-8")
+    return f"<ndr.{hashlib.sha256(key).hexdigest()[:32]}@{reporting_mta}>"
 
 
 def _human(original: InternalMessage, failures: Sequence[Failure]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,7 +95,7 @@ class MessageQueue:
                 "meta": entry.meta,
             }
         )
-        temp = self.root / f".{entry.id}.tmp"
+        temp = self.root / f".{entry.id}.{uuid.uuid4().hex}.tmp"  # writers never share one
         with open(temp, "wb") as handle:
             handle.write(data)
             handle.flush()

@@ -1,0 +1,218 @@
+"""Real mailwright host processes for the tests that run them (tests/runtime, tests/e2e).
+
+A host is `python -m mailwright.runtime.host` on 127.0.0.1 with ephemeral ports, started with
+subprocess.Popen and stopped by its pid (SIGTERM, then SIGKILL) when the test module ends. Its
+stderr goes to `<state>/hosts/<server>/stderr.log`, so a failure can show what the host said.
+Test modules cannot import this file (no packages under tests/), so everything is handed out as
+fixtures whose types are the standard library's.
+"""
+
+from __future__ import annotations
+
+import email.parser
+import email.policy
+import json
+import os
+import poplib
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
+LOOPBACK = "127.0.0.1"
+READY_TIMEOUT = 20.0
+STOP_TIMEOUT = 10.0
+
+Process = subprocess.Popen[str]
+
+
+def _stderr_log(config: Path, state: Path) -> Path:
+    server: str = json.loads(config.read_text(encoding="utf-8"))["server"]["name"]
+    folder = state / "hosts" / server
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / "stderr.log"
+
+
+def _start(config: Path, state: Path) -> Process:
+    log = _stderr_log(config, state)
+    with open(log, "a", encoding="utf-8") as stderr:
+        process = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "mailwright.runtime.host", str(config)),
+                *("--state", str(state), "--bind", LOOPBACK),
+                *(
+                    "--pop3-port",
+                    "0",
+                    "--transfer-port",
+                    "0",
+                    "--smtp-port",
+                    "0",
+                    "--dns-port",
+                    "0",
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert process.stdout is not None
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        readable, _, _ = select.select([process.stdout], [], [], deadline - time.monotonic())
+        line = process.stdout.readline() if readable else ""
+        if line.startswith("ready "):
+            return process
+        if not line and process.poll() is not None:
+            break
+    _stop(process)
+    pytest.fail(f"{config.stem} did not start; it said:\n{log.read_text(encoding='utf-8')}")
+
+
+def _stop(process: Process) -> None:
+    """SIGTERM, then SIGKILL if the host does not stop in time; always reaped."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+def _kill(process: Process) -> None:
+    """kill -9: no chance to finish anything."""
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGKILL)
+    process.wait(STOP_TIMEOUT)
+    if process.stdout is not None:
+        process.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def start_host() -> Iterator[Callable[[Path, Path], Process]]:
+    """Start a host from its compiled config with a state directory; returns once it is ready.
+    Every host still running when the module ends is stopped; a host that logged a traceback
+    (a lost MTA worker or session task) fails the module."""
+    started: list[tuple[Process, Path]] = []
+
+    def start(config: Path, state: Path) -> Process:
+        started.append((_start(config, state), _stderr_log(config, state)))
+        return started[-1][0]
+
+    yield start
+    for process, _ in started:
+        _stop(process)
+    for log in sorted({log for _, log in started}):
+        text = log.read_text(encoding="utf-8")
+        assert "Traceback" not in text, f"{log} says:\n{text}"
+
+
+@pytest.fixture(scope="session")
+def stop_host() -> Callable[[Process], None]:
+    return _stop
+
+
+@pytest.fixture(scope="session")
+def kill_host() -> Callable[[Process], None]:
+    return _kill
+
+
+@pytest.fixture(scope="session")
+def mailwright() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run the `mailwright` CLI: `mailwright(*args, env={...})` adds `env` to os.environ.
+    `apply` leaves the runtime alone (MAILWRIGHT_RUNTIME=off): the tests run the hosts."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [MAILWRIGHT, *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MAILWRIGHT_RUNTIME": "off", **(env or {})},
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def endpoint() -> Callable[[Path, str, str], tuple[str, int]]:
+    """Where a running host's service (`pop3`, `transfer`) listens, from its endpoints.json."""
+
+    def lookup(state: Path, server: str, service: str) -> tuple[str, int]:
+        endpoints = json.loads((state / "hosts" / server / "endpoints.json").read_text())
+        host, _, port = endpoints[service].rpartition(":")
+        return host, int(port)
+
+    return lookup
+
+
+def _parse(data: bytes) -> EmailMessage:
+    parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+    assert isinstance(parsed, EmailMessage)
+    return parsed
+
+
+@pytest.fixture(scope="session")
+def pop3_messages(
+    endpoint: Callable[[Path, str, str], tuple[str, int]],
+) -> Callable[[Path, str, str, str], list[EmailMessage]]:
+    """Every message of a mailbox over POP3 (`state, server, user, password`), parsed; nothing
+    is deleted."""
+
+    def fetch(state: Path, server: str, user: str, password: str) -> list[EmailMessage]:
+        client = poplib.POP3(*endpoint(state, server, "pop3"), timeout=10)
+        try:
+            client.user(user)
+            client.pass_(password)
+            count, _ = client.stat()
+            return [_parse(b"\r\n".join(client.retr(n)[1]) + b"\r\n") for n in range(1, count + 1)]
+        finally:
+            client.quit()
+
+    return fetch
+
+
+@pytest.fixture(scope="session")
+def maildir_messages() -> Callable[[Path, str, str], list[EmailMessage]]:
+    """Every message in a mailbox's Maildir (`state, server, alias`), read from the files."""
+
+    def read(state: Path, server: str, alias: str) -> list[EmailMessage]:
+        maildir = state / "hosts" / server / "store" / alias / "Maildir"
+        files = [p for sub in ("new", "cur") for p in (maildir / sub).glob("*") if p.is_file()]
+        return [_parse(p.read_bytes()) for p in sorted(files)]
+
+    return read
+
+
+@pytest.fixture(scope="session")
+def wait_until() -> Callable[[Callable[[], bool], float, str], None]:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+
+    def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+            time.sleep(0.05)
+
+    return wait
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_background_runtime() -> Iterator[None]:
+    """`apply` starts the background runtime; tests that want it set MAILWRIGHT_RUNTIME=on and
+    stop it with `mailwright down`, the others run hosts themselves or none at all. Session-wide,
+    so module-scoped fixtures that apply are covered too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAILWRIGHT_RUNTIME", "off")
+        yield
