@@ -6,6 +6,7 @@ the state assigns (127.0.1.x) and always bring it down again with `mailwright do
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import shutil
@@ -19,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from mailwright.runtime.message import Address, InternalMessage, Recipient
+from mailwright.runtime.queue import MessageQueue, QueueEntry
 
 ROOT = Path(__file__).resolve().parents[2]
 MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
@@ -150,3 +154,27 @@ def test_a_failed_launch_rolls_back(runtime: Runtime) -> None:
         "DCNW/hermes",
         "Minasi/arlington",
     ]
+
+
+def test_down_then_apply_resumes_queued_mail(runtime: Runtime) -> None:
+    assert runtime.apply().returncode == 0
+    assert runtime.run("down").returncode == 0
+    # Mail that was queued on Athena when the runtime went down (written as the MTA does).
+    message = InternalMessage(
+        message_id="<queued-while-down@dcnw.com>",
+        sender=Address("jane@dcnw.com", "Jane Doe"),
+        recipients=(Recipient(Address("pat@dcnw.com")),),
+        subject="queued while down",
+        submit_time=datetime.datetime.now(datetime.UTC),
+        body_text="still here\n",
+    )
+    queue = MessageQueue(runtime.state / "hosts" / "athena" / "queue")
+    queue.put(QueueEntry.new(message, [Address("pat@dcnw.com")], "test"))
+    assert runtime.apply().returncode == 0  # no changes: the runtime comes back and resumes
+    maildir = runtime.state / "hosts" / "athena" / "store" / "pat" / "Maildir" / "new"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and not list(maildir.glob("*")):
+        time.sleep(0.2)
+    [delivered] = list(maildir.glob("*"))
+    assert b"queued while down" in delivered.read_bytes()
+    assert not list(queue.root.glob("*.msg"))
