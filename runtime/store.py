@@ -91,7 +91,8 @@ class Mailbox:
                 raise DeliveryError(
                     f"mailbox {self.root.name} is full ({self.used()} of {self.size_limit} bytes)"
                 )
-            wire_size = len(body) + body.count(b"\n")
+            # POP3 ends every line with CRLF, the last one too even if the message has none.
+            wire_size = len(body) + body.count(b"\n") + (2 if body[-1:] not in (b"", b"\n") else 0)
             name = f"{time.time_ns()}.{uid}.mailwright,S={len(body)},W={wire_size}"
             temp = self.maildir / "tmp" / name
             with open(temp, "wb") as handle:
