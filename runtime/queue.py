@@ -18,7 +18,7 @@ from typing import Any
 import cbor2
 
 from mailwright.runtime.message import Address, InternalMessage, decode, encode
-from mailwright.runtime.store import message_uid
+from mailwright.runtime.store import fsync_dir, message_uid
 
 QUEUE_FORMAT_VERSION = 1
 
@@ -48,14 +48,6 @@ class QueueEntry:
         key = message_uid(message.message_id + "|" + ",".join(wanted))
         pending = tuple(PendingRecipient(r) for r in recipients)
         return cls(key, message, pending, source, time.time())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class MessageQueue:
@@ -101,11 +93,11 @@ class MessageQueue:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, self.path(entry.id))
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def remove(self, entry: QueueEntry) -> None:
         self.path(entry.id).unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def entries(self) -> list[QueueEntry]:
         """Every queued message, oldest first (a crashed write leaves only a .tmp, ignored)."""

@@ -44,7 +44,7 @@ def message_uid(message_id: str) -> str:
     return hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:32]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -100,7 +100,7 @@ class Mailbox:
                 handle.flush()
                 os.fsync(handle.fileno())
             os.rename(temp, self.maildir / "new" / name)
-            _fsync_dir(self.maildir / "new")
+            fsync_dir(self.maildir / "new")
             self._record(uid)
             delivered.add(uid)
             return True
@@ -111,8 +111,8 @@ class Mailbox:
             self._prepare()
             for message in messages:
                 message.path.unlink(missing_ok=True)
-            _fsync_dir(self.maildir / "new")
-            _fsync_dir(self.maildir / "cur")
+            fsync_dir(self.maildir / "new")
+            fsync_dir(self.maildir / "cur")
 
     def deliver_message(self, message: InternalMessage, *, uuencoded: bool, charset: str) -> bool:
         """A message created inside the organization, rendered as the mailbox's POP3 settings
