@@ -7,8 +7,10 @@ say; the IMS uses it towards the internet, as the connector's per-domain format 
 from __future__ import annotations
 
 import binascii
+import email.header
 import email.policy
 import email.utils
+import re
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 
@@ -17,6 +19,9 @@ from mailwright.runtime.message import Address, InternalMessage
 # RFC 2156 / common practice: Importance and X-Priority for the MAPI importance property.
 _PRIORITY = {"high": "1 (Highest)", "normal": "3 (Normal)", "low": "5 (Lowest)"}
 _UU_LINE = 45  # bytes per uuencoded line
+_SPECIALS = re.compile(r'[][\\()<>@,:;".]')  # RFC 5322 §3.2.3
+# Header fields the message has set with set_raw are written as they are, not refolded.
+_AS_WRITTEN = email.policy.SMTP.clone(refold_source="none")
 
 
 def imcea(address: Address, domain: str) -> str:
@@ -29,8 +34,28 @@ def imcea(address: Address, domain: str) -> str:
 
 
 def _header_address(address: Address) -> str:
+    """One mailbox as header text: the name as it is when it is plain words, quoted when it has
+    specials or runs of blanks (RFC 5322 §3.2.4), encoded words otherwise (RFC 2047 §5)."""
     addr_spec = address.address if address.type == "SMTP" else imcea(address, "invalid")
-    return str(HeaderAddress(address.display_name, addr_spec=addr_spec))
+    checked = HeaderAddress(address.display_name, addr_spec=addr_spec)  # refuses a bad address
+    name, addr_spec = checked.display_name, checked.addr_spec
+    if any(c in name + addr_spec for c in "\r\n"):
+        raise ValueError(f"a line break in the address {addr_spec!r}")
+    if not name:
+        return addr_spec
+    if not name.isascii() or "=?" in name or not name.isprintable():
+        encoded = email.header.Header(name, "utf-8").encode(linesep="\n")
+        return f"{encoded} <{addr_spec}>"
+    if _SPECIALS.search(name) or name != " ".join(name.split()):
+        escaped = name.replace("\\", "\\\\").replace('"', '\\"')
+        return f'"{escaped}" <{addr_spec}>'
+    return f"{name} <{addr_spec}>"
+
+
+def _address_field(mail: EmailMessage, field: str, addresses: list[str]) -> None:
+    # Folded after the commas (RFC 5322 §2.2.3) and kept as written: Python before 3.11.9
+    # encodes the separating comma when it refolds a list with an encoded name (gh-100884).
+    mail.set_raw(field, ",\n ".join(addresses))
 
 
 def _charset(text: str, charset: str) -> str:
@@ -61,11 +86,11 @@ def to_rfc5322(
     mail = EmailMessage(policy=email.policy.SMTP)
     mail["Message-ID"] = message.message_id
     mail["Date"] = email.utils.format_datetime(message.submit_time)
-    mail["From"] = _header_address(message.sender)
+    _address_field(mail, "From", [_header_address(message.sender)])
     for kind, header in (("to", "To"), ("cc", "Cc")):
         addresses = [_header_address(r.address) for r in message.recipients if r.kind == kind]
         if addresses:
-            mail[header] = ", ".join(addresses)
+            _address_field(mail, header, addresses)
     mail["Subject"] = message.subject
     if message.importance != "normal":
         mail["Importance"] = message.importance
@@ -74,7 +99,7 @@ def to_rfc5322(
         _uuencoded_body(mail, message, charset)
     else:
         _mime_body(mail, message, charset)
-    return mail.as_bytes()
+    return mail.as_bytes(policy=_AS_WRITTEN)
 
 
 def _mime_body(mail: EmailMessage, message: InternalMessage, charset: str) -> None:

@@ -12,18 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import email.errors
+import email.header
 import email.parser
 import email.policy
 import email.utils
 import ipaddress
 import json
+import random
+import re
 import smtplib
 import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from email.message import EmailMessage
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 import dns.asyncresolver
 import dns.exception
@@ -31,9 +36,9 @@ import dns.resolver
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from mailwright.runtime.convert import to_rfc5322
-from mailwright.runtime.message import Address, InternalMessage, Recipient
+from mailwright.runtime.message import IMPORTANCE, Address, Attachment, InternalMessage, Recipient
 from mailwright.runtime.mta import Mta
-from mailwright.runtime.ndr import Failure, non_delivery_report
+from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report, non_delivery_report
 from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import QueueEntry
 from mailwright.runtime.router import Disposition
@@ -43,6 +48,17 @@ from mailwright.schema.routing import fit
 # RFC 5321 §6.3: a message that passed through this many relays is looping.
 MAX_RECEIVED = 100
 _ROUTING_CHARACTERS = set('%!@"')  # the source-routing tricks open relays were abused with
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_ENHANCED_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3463 §2
+# What email.parser and its header and content managers raise for a malformed message.
+_PARSE_ERRORS = (
+    LookupError,
+    ValueError,
+    IndexError,
+    TypeError,
+    AttributeError,
+    email.errors.MessageError,
+)
 
 
 # --- inbound -----------------------------------------------------------------------------------
@@ -70,6 +86,13 @@ class InboundHandler:
         session.host_name = hostname
         return [*responses[:-1], "250-PIPELINING", "250-ENHANCEDSTATUSCODES", responses[-1]]
 
+    async def handle_MAIL(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 sender ok"
+
     async def handle_RCPT(  # noqa: N802
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
@@ -95,11 +118,9 @@ class InboundHandler:
         content = envelope.original_content or b""
         if isinstance(envelope.content, bytes):
             content = envelope.content
-        received = sum(
-            1
-            for line in content.split(b"\n\n", 1)[0].split(b"\n")
-            if line.lower().startswith(b"received:")
-        )
+        # Only the header counts: a forwarded message or a report in the body has its own.
+        header = _HEADER_END.split(content, 1)[0]
+        received = sum(1 for line in header.split(b"\n") if line[:9].lower() == b"received:")
         if received > MAX_RECEIVED:
             return "554 5.4.6 too many Received headers: a mail loop"
         data = self._received(session) + content
@@ -127,7 +148,9 @@ class InboundHandler:
         if not isinstance(data, LoginPassword):
             return AuthResult(success=False, handled=False)
         user, password = data.login.decode(), data.password.decode()
-        return AuthResult(success=self.accounts.verify_now(user, password) is not None)
+        # handled=False: aiosmtpd answers a failure with 535 5.7.8 (by default it sends nothing).
+        valid = self.accounts.verify_now(user, password) is not None
+        return AuthResult(success=valid, handled=False)
 
 
 def _peer(session: Session) -> str:
@@ -136,26 +159,146 @@ def _peer(session: Session) -> str:
 
 
 def from_rfc5322(data: bytes, sender: str, recipients: list[str]) -> InternalMessage:
-    """An internet message in the internal format; its bytes are kept to be served as they came."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.default).parsebytes(data)
-    message_id = str(
-        headers.get("Message-ID") or email.utils.make_msgid(domain="mailwright.invalid")
-    )
-    name, address = email.utils.parseaddr(str(headers.get("From", "")))
+    """An internet message in the internal format: its header fields and MIME parts become the
+    message's properties, and its bytes are kept, to be served exactly as they came.
+
+    `sender` and `recipients` are the envelope's (RFC 5321 MAIL and RCPT): a report goes to the
+    reverse-path, and a recipient of the envelope the header does not name is a Bcc."""
+    null_sender = sender in ("", "<>")
+    try:
+        mail = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+        message = _from_mail(mail, "" if null_sender else sender, recipients)
+    except _PARSE_ERRORS:
+        # Too broken for the email package; the bytes still travel, which is what is served.
+        message = InternalMessage(
+            message_id=email.utils.make_msgid(domain="mailwright.invalid"),
+            sender=Address(sender),
+            recipients=tuple(Recipient(Address(r), "bcc") for r in recipients),
+            subject="",
+            submit_time=datetime.datetime.now(datetime.UTC),
+        )
+    # RFC 5321 §4.5.5: mail from the null reverse-path is a notification; none is sent about it.
+    return replace(message, rfc5322=data, extra={REPORT_FLAG: True} if null_sender else {})
+
+
+def _from_mail(mail: EmailMessage, sender: str, envelope: list[str]) -> InternalMessage:
+    fields = _fields(mail)
+    author = _addresses(fields, "from")
+    if not sender:
+        sender = author[0].address if author else ""
+    # The author's display name, when the author is the one the reports go to.
+    name = next((a.display_name for a in author if a.address.casefold() == sender.casefold()), "")
+    recipients = [Recipient(a, kind) for kind in ("to", "cc") for a in _addresses(fields, kind)]
+    named = {r.address.address.casefold() for r in recipients}
+    recipients += [Recipient(Address(r), "bcc") for r in envelope if r.casefold() not in named]
+    text = mail.get_body(preferencelist=("plain",))
+    html = mail.get_body(preferencelist=("html",))
     return InternalMessage(
-        message_id=message_id.strip(),
-        sender=Address(sender or address, name),
-        recipients=tuple(Recipient(Address(r)) for r in recipients),
-        subject=str(headers.get("Subject", "")),
-        submit_time=datetime.datetime.now(datetime.UTC),
-        rfc5322=data,
+        message_id=_first(fields, "message-id").strip()
+        or email.utils.make_msgid(domain="mailwright.invalid"),
+        sender=Address(sender, name),
+        recipients=tuple(recipients),
+        subject=_unstructured(fields, "subject"),
+        submit_time=_date(_first(fields, "date")),
+        body_text=_text(text) if isinstance(text, EmailMessage) else "",
+        body_html=_text(html) if isinstance(html, EmailMessage) else None,
+        attachments=tuple(_attachment(part) for part in mail.iter_attachments()),
+        importance=_importance(fields),
     )
+
+
+def _fields(mail: EmailMessage) -> dict[str, list[str]]:
+    """The header fields as they came, unfolded (RFC 5322 §2.2.3), by lower-case name.
+
+    Read raw rather than through the email package's header objects: those cost more than the
+    whole parse (the IMS converts every message it takes), and their address parser puts a
+    blank between adjacent encoded words of a display name (RFC 2047 §6.2 joins them)."""
+    fields: dict[str, list[str]] = {}
+    for field, value in mail.raw_items():
+        fields.setdefault(field.lower(), []).append("".join(str(value).splitlines()))
+    return fields
+
+
+def _first(fields: dict[str, list[str]], field: str) -> str:
+    return fields.get(field, [""])[0]
+
+
+def _unstructured(fields: dict[str, list[str]], field: str) -> str:
+    value = _first(fields, field)
+    if "=?" in value or not value.isascii():
+        return str(email.policy.default.header_factory(field, value))  # RFC 2047 decoding
+    return value
+
+
+def _addresses(fields: dict[str, list[str]], field: str) -> list[Address]:
+    return [
+        Address(address, _decoded(name))
+        for name, address in email.utils.getaddresses(fields.get(field, []))
+        if "@" in address
+    ]
+
+
+def _decoded(phrase: str) -> str:
+    """A display name with its RFC 2047 encoded words decoded."""
+    if "=?" not in phrase:
+        return phrase
+    try:
+        return str(email.header.make_header(email.header.decode_header(phrase)))
+    except _PARSE_ERRORS:
+        return phrase
+
+
+def _date(value: str) -> datetime.datetime:
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return datetime.datetime.now(datetime.UTC)
+    # RFC 5322 §3.3: -0000 says the local time zone is unknown; the time is still UTC.
+    return when if when.tzinfo is not None else when.replace(tzinfo=datetime.UTC)
+
+
+def _text(part: EmailMessage) -> str:
+    # The internal format keeps line ends as \n, as the client that composed the message did.
+    return str(part.get_content()).replace("\r\n", "\n")
+
+
+def _attachment(part: EmailMessage) -> Attachment:
+    if part.get_content_maintype() == "message":
+        inner = part.get_payload(0)
+        data = inner.as_bytes() if isinstance(inner, EmailMessage) else b""
+    elif part.is_multipart():
+        data = part.as_bytes()
+    else:
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+    return Attachment(part.get_filename() or "", part.get_content_type(), data)
+
+
+def _importance(fields: dict[str, list[str]]) -> str:
+    """Importance (RFC 2156), else X-Priority: 1-2 high, 4-5 low."""
+    importance = _first(fields, "importance").strip().lower()
+    if importance in IMPORTANCE:
+        return importance
+    priority = _first(fields, "x-priority").strip()[:1]
+    return {"1": "high", "2": "high", "4": "low", "5": "low"}.get(priority, "normal")
+
+
+class ImsSmtp(SMTP):
+    """aiosmtpd's server with the enhanced status codes (RFC 2034) of its own size refusals."""
+
+    async def push(self, status: AnyStr) -> None:
+        # RFC 3463 §3.4: 5.3.4, message too big for system.
+        if isinstance(status, str) and status.startswith("552 Error:"):
+            limit = self.data_size_limit
+            await super().push(f"552 5.3.4 message size exceeds the maximum of {limit} bytes")
+            return
+        await super().push(status)
 
 
 def smtp_server(
     handler: InboundHandler, settings: dict[str, Any], tls: ssl.SSLContext | None
 ) -> SMTP:
-    return SMTP(
+    return ImsSmtp(
         handler,
         data_size_limit=int(settings["max_message_size"]),
         hostname=handler.fqdn,
@@ -191,7 +334,9 @@ class Outbound:
         settings: dict[str, Any],
         resolver: Callable[[], tuple[str, int] | None],
         smtp_endpoint: Callable[[str], tuple[str, int] | None],
+        source: str = "127.0.0.1",
     ) -> None:
+        self.source = source  # this host's loopback address: where its connections come from
         self.mta = mta
         self.settings = settings
         self.resolver = resolver
@@ -234,9 +379,7 @@ class Outbound:
                     return
                 permanent, error = outcome
                 if permanent:
-                    await self._fail(
-                        entry, error.split(" ", 2)[1] if error[:1] == "5" else "5.0.0", error
-                    )
+                    await self._fail(entry, _permanent_status(error), error)
                     return
         await self._defer(entry, error)
 
@@ -252,7 +395,8 @@ class Outbound:
             answer = await resolver.resolve(domain, "MX")
         except dns.resolver.NoAnswer:
             return [MailExchanger(0, domain, tuple(await self._addresses(resolver, domain)))]
-        records = sorted(answer, key=lambda r: r.preference)
+        # Equal preferences in random order, so their load is spread.
+        records = sorted(answer, key=lambda r: (r.preference, random.random()))
         if any(r.exchange.to_text() == "." for r in records):
             raise NoMailError(domain)
         return [
@@ -278,8 +422,10 @@ class Outbound:
             return False, f"4.4.1 {address} is not reachable from the local runtime"
         data = self._render(entry)
         recipient = entry.pending[0].address.address
+        # RFC 5321 §4.5.5: a notification goes out from the null reverse-path, <>.
+        sender = "" if is_report(entry.message) else entry.message.sender.address
         return await asyncio.get_running_loop().run_in_executor(
-            None, _smtp_send, endpoint, self.mta.fqdn, entry.message.sender.address, recipient, data
+            None, _smtp_send, endpoint, self.mta.fqdn, sender, recipient, data
         )
 
     def _render(self, entry: QueueEntry) -> bytes:
@@ -338,6 +484,12 @@ class Outbound:
         if report is not None:
             await self.mta.accept(report, [r.address for r in report.recipients], "ndr")
         await asyncio.get_running_loop().run_in_executor(None, self.outbox.remove, entry)
+
+
+def _permanent_status(reply: str) -> str:
+    """The RFC 3463 status of a 5xx reply; 5.0.0 when the server gave none (RFC 3463 §3.1)."""
+    words = reply.split(" ", 2)
+    return words[1] if len(words) > 1 and _ENHANCED_STATUS.match(words[1]) else "5.0.0"
 
 
 def _matches(pattern: str, domain: str) -> bool:
