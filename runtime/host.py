@@ -93,7 +93,9 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
             lambda: smtp_server(handler, ims, context), bind, ports["smtp"]
         )
         if ims["transfer_mode"] in ("inbound_and_outbound", "outbound_only"):
-            outbound = Outbound(mta, ims, resolver_endpoint(state), smtp_endpoints(state))
+            outbound = Outbound(
+                mta, ims, resolver_endpoint(state), smtp_endpoints(state), source=bind
+            )
             tasks.append(loop.create_task(outbound.run()))
     endpoints = {name: _address(listener) for name, listener in listeners.items()}
     nameserver = None

@@ -425,7 +425,7 @@ class Outbound:
         # RFC 5321 §4.5.5: a notification goes out from the null reverse-path, <>.
         sender = "" if is_report(entry.message) else entry.message.sender.address
         return await asyncio.get_running_loop().run_in_executor(
-            None, _smtp_send, endpoint, self.mta.fqdn, sender, recipient, data
+            None, _smtp_send, endpoint, (self.source, self.mta.fqdn), sender, recipient, data
         )
 
     def _render(self, entry: QueueEntry) -> bytes:
@@ -498,10 +498,14 @@ def _matches(pattern: str, domain: str) -> bool:
 
 
 def _smtp_send(
-    endpoint: tuple[str, int], helo: str, sender: str, recipient: str, data: bytes
+    endpoint: tuple[str, int], origin: tuple[str, str], sender: str, recipient: str, data: bytes
 ) -> tuple[bool, str] | None:
+    """One SMTP transaction from `origin`: this host's loopback address and its HELO name."""
+    source, helo = origin
     try:
-        with smtplib.SMTP(endpoint[0], endpoint[1], local_hostname=helo, timeout=30) as client:
+        with smtplib.SMTP(
+            endpoint[0], endpoint[1], local_hostname=helo, timeout=30, source_address=(source, 0)
+        ) as client:
             client.ehlo()
             if client.has_extn("starttls"):
                 # Opportunistic TLS (RFC 3207); the certificate is not required to verify.
