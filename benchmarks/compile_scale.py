@@ -333,11 +333,13 @@ def apply_child(spec: Path, state: Path) -> None:
 def apply_once(spec: Path, state: Path) -> tuple[int, int]:
     """(resources added, state serial). In a child process of its own: this process stays
     small, and Linux hands a parent's peak RSS (ru_maxrss) on to the children it forks."""
+    # Only artifacts and state: a thousand-host runtime is not what this measures.
     done = subprocess.run(
         [sys.executable, __file__, "--apply-child", str(spec), str(state)],
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "MAILWRIGHT_RUNTIME": "off"},
     )
     figures = json.loads(done.stdout.strip().splitlines()[-1])
     return int(figures["added"]), int(figures["serial"])

@@ -13,6 +13,7 @@ state.json); as root on the spec's ports, otherwise on the fixed unprivileged ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -163,14 +164,20 @@ class Supervisor:
         self.runtime.mkdir(parents=True, exist_ok=True)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGHUP, lambda *_: None)  # wakes the loop; reconcile reads state
-        while not self.stopping:
-            self.reconcile()
-            self.watch()
-            self.write_status()
-            time.sleep(0.2)
-        for host in self.hosts.values():
-            self._stop(host, "down")
-        self.write_status()
+        try:
+            while not self.stopping:
+                self.reconcile()
+                self.watch()
+                self.write_status()
+                time.sleep(0.2)
+        except (OSError, ValueError, KeyError) as exc:
+            # The state directory went away or broke: no host may outlive its supervisor.
+            print(f"supervisor stopping: {exc}", file=sys.stderr, flush=True)
+        finally:
+            for host in self.hosts.values():
+                self._stop(host, "down")
+            with contextlib.suppress(OSError):
+                self.write_status()
 
     def _on_term(self, *_: object) -> None:
         self.stopping = True
