@@ -29,7 +29,8 @@ class ValidationReport:
 
 
 def _plural(count: int, word: str) -> str:
-    return f"{count} {word}{'' if count == 1 else 's'}"
+    plural = word + ("es" if word.endswith(("x", "s")) else "s")
+    return f"{count} {word if count == 1 else plural}"
 
 
 def summary(spec: LoadedSpec) -> str:
@@ -38,8 +39,7 @@ def summary(spec: LoadedSpec) -> str:
     return (
         f"{spec.path}: organization {spec.name} ({', '.join(spec.spec.organization.domains)}): "
         f"{_plural(len(spec.spec.sites), 'site')}, {_plural(servers, 'server')}, "
-        f"{_plural(len(spec.mailboxes), 'mailbox').replace('mailboxs', 'mailboxes')}, "
-        f"{_plural(addresses, 'proxy address').replace('addresss', 'addresses')}"
+        f"{_plural(len(spec.mailboxes), 'mailbox')}, {_plural(addresses, 'proxy address')}"
     )
 
 
