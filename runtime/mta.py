@@ -172,9 +172,6 @@ class Mta:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), delay)
 
-    def queue_depth(self) -> int:
-        return len(self.queue)
-
     async def process(self, entry: QueueEntry) -> None:
         message = entry.message
         done: set[Address] = set()
