@@ -29,12 +29,13 @@ from mailwright.runtime.ims import (
     smtp_endpoints,
     smtp_server,
 )
-from mailwright.runtime.mta import Mta, endpoints_in
+from mailwright.runtime.mta import Mta
 from mailwright.runtime.nameserver import Authority, NameServer, load_zones
 from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
 from mailwright.runtime.router import Router
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
+from mailwright.runtime.transfer import endpoints_in
 
 
 def store_for(config: dict[str, Any], state: Path) -> MailStore:

@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailwright.runtime.message import Address, Attachment, Recipient, encode
-from mailwright.runtime.mta import endpoints_in, new_message
+from mailwright.runtime.message import Address, Attachment, Recipient, encode, new_message
 from mailwright.runtime.tracking import track
-from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from mailwright.runtime.transfer import TransferError, endpoints_in, recipients_payload, send_frame
 
 __all__ = [
     "HostAction",

@@ -10,6 +10,7 @@ internet also keeps its original RFC 5322 bytes, so the store can serve it exact
 from __future__ import annotations
 
 import datetime
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -127,3 +128,24 @@ def _decode_v1(document: dict[str, Any]) -> InternalMessage:
 
 def _decode_address(data: dict[str, str]) -> Address:
     return Address(data["addr"], data.get("name", ""), data.get("type", "SMTP"))
+
+
+def new_message(
+    sender: Address,
+    *,
+    recipients: list[Recipient],
+    subject: str,
+    body: str,
+    attachments: tuple[Attachment, ...] = (),
+    domain: str = "localhost",
+) -> InternalMessage:
+    """A message as a client composes it, with a fresh internal message id."""
+    return InternalMessage(
+        message_id=f"<{uuid.uuid4().hex}@{domain}>",
+        sender=sender,
+        recipients=tuple(recipients),
+        subject=subject,
+        submit_time=datetime.datetime.now(datetime.UTC),
+        body_text=body,
+        attachments=attachments,
+    )

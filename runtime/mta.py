@@ -12,18 +12,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import json
 import re
 import time
 import traceback
-import uuid
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from mailwright.runtime.convert import to_rfc5322
-from mailwright.runtime.message import Address, InternalMessage, Recipient, decode, encode
+from mailwright.runtime.message import Address, InternalMessage, decode, encode
 from mailwright.runtime.ndr import Failure, non_delivery_report
 from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import MessageQueue, QueueEntry
@@ -31,6 +28,7 @@ from mailwright.runtime.router import Decision, Disposition, Router
 from mailwright.runtime.store import DeliveryError, MailStore
 from mailwright.runtime.tracking import TrackingLog
 from mailwright.runtime.transfer import (
+    Endpoint,
     TransferError,
     recipients_from,
     recipients_payload,
@@ -40,22 +38,6 @@ from mailwright.runtime.transfer import (
 # RFC 5321 §6.3 counts Received headers against loops; inside the organization we count hops.
 MAX_HOPS = 30
 RETRY_CAP = 300.0  # seconds between attempts to reach a server of the organization
-
-Endpoint = Callable[[str], tuple[str, int] | None]
-
-
-def endpoints_in(state: Path) -> Endpoint:
-    """Where a server's MTA listens: the `endpoints.json` its host process wrote when ready."""
-
-    def lookup(server: str) -> tuple[str, int] | None:
-        try:
-            endpoints = json.loads((state / "hosts" / server / "endpoints.json").read_text())
-            host, _, port = endpoints["transfer"].rpartition(":")
-            return host, int(port)
-        except (OSError, ValueError, KeyError):
-            return None
-
-    return lookup
 
 
 class Mta:
@@ -329,24 +311,3 @@ def _status_of(reply: str) -> str:
 
 def _list(recipients: list[Address]) -> str:
     return ", ".join(r.address for r in recipients)
-
-
-def new_message(
-    sender: Address,
-    *,
-    recipients: list[Recipient],
-    subject: str,
-    body: str,
-    attachments: tuple[Any, ...] = (),
-    domain: str = "localhost",
-) -> InternalMessage:
-    """A message as a client composes it, with a fresh internal message id."""
-    return InternalMessage(
-        message_id=f"<{uuid.uuid4().hex}@{domain}>",
-        sender=sender,
-        recipients=tuple(recipients),
-        subject=subject,
-        submit_time=datetime.datetime.now(datetime.UTC),
-        body_text=body,
-        attachments=attachments,
-    )

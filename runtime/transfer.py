@@ -15,7 +15,9 @@ A 250 is sent only after the message is in the receiver's durable queue.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -103,3 +105,20 @@ async def send_frame(host: str, port: int, verb: str, document: dict[str, Any]) 
     if not reply.startswith("2"):
         raise TransferError(reply or "no reply", temporary=not reply.startswith("5"))
     return reply
+
+
+Endpoint = Callable[[str], tuple[str, int] | None]
+
+
+def endpoints_in(state: Path) -> Endpoint:
+    """Where a server's MTA listens: the `endpoints.json` its host process wrote when ready."""
+
+    def lookup(server: str) -> tuple[str, int] | None:
+        try:
+            endpoints = json.loads((state / "hosts" / server / "endpoints.json").read_text())
+            host, _, port = endpoints["transfer"].rpartition(":")
+            return host, int(port)
+        except (OSError, ValueError, KeyError):
+            return None
+
+    return lookup

@@ -27,8 +27,7 @@ from typing import Any
 import argon2
 import pytest
 
-from mailwright.runtime.message import Address, Recipient, encode
-from mailwright.runtime.mta import new_message
+from mailwright.runtime.message import Address, Recipient, encode, new_message
 from mailwright.runtime.queue import MessageQueue, QueueEntry
 from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
 

@@ -46,13 +46,14 @@ from mailwright.runtime.ims import (
     from_rfc5322,
     smtp_server,
 )
-from mailwright.runtime.message import Address, Attachment, InternalMessage, Recipient
-from mailwright.runtime.mta import Mta, endpoints_in, new_message
+from mailwright.runtime.message import Address, Attachment, InternalMessage, Recipient, new_message
+from mailwright.runtime.mta import Mta
 from mailwright.runtime.nameserver import Authority, NameServer
 from mailwright.runtime.ndr import REPORT_FLAG, is_report
 from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
 from mailwright.runtime.queue import MessageQueue, QueueEntry
 from mailwright.runtime.store import MailStore
+from mailwright.runtime.transfer import endpoints_in
 from mailwright.schema import load_specs
 
 HOST = "127.0.0.1"
