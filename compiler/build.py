@@ -62,7 +62,7 @@ def compile_organization(
     gal: Gal = build_gal(loaded)
     gwart: Gwart = build_gwart(loaded)
     out = Artifacts(loaded.name)
-    out.files["gal.json"] = to_json(gal.as_json())
+    out.files["gal.json"] = gal.as_text()
     out.files["gwart.json"] = to_json(gwart.as_json())
     out.files["gwart.txt"] = gwart.as_text()
     out.files["servers.json"] = to_json(peers(loaded))

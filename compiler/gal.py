@@ -7,10 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from mailwright.compiler.inheritance import effective_pop3, server_pop3
 from mailwright.schema import LoadedSpec
 from mailwright.schema.addressing import AddressType, ProxyAddress
 from mailwright.schema.models import Mailbox, Pop3Settings
+
+RECIPIENT_INDENT = "    "
 
 
 @dataclass(frozen=True)
@@ -59,11 +63,14 @@ class Gal:
     def __iter__(self) -> Iterator[GalEntry]:
         return iter(self.entries)
 
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "organization": self.organization,
-            "recipients": [e.record for e in self.entries],
-        }
+    def as_text(self) -> str:
+        """gal.json: JSON with one recipient a line, so that a line-based diff (git's, and the
+        plan's) shows exactly the recipients that changed, and a 100,000-recipient GAL is half
+        the size of an indented one."""
+        head = orjson.dumps(self.organization).decode()
+        body = ",\n".join(RECIPIENT_INDENT + recipient_line(e.record) for e in self.entries)
+        recipients = f"[\n{body}\n  ]" if body else "[]"
+        return f'{{\n  "organization": {head},\n  "recipients": {recipients}\n}}\n'
 
     def homed_on(self) -> dict[str, list[GalEntry]]:
         """Entries grouped by home server."""
@@ -71,6 +78,10 @@ class Gal:
         for entry in self.entries:
             groups.setdefault(entry.home_server, []).append(entry)
         return groups
+
+
+def recipient_line(record: dict[str, Any]) -> str:
+    return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
 
 
 def build_gal(loaded: LoadedSpec) -> Gal:

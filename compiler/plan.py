@@ -18,6 +18,7 @@ import dns.zone
 import orjson
 from dns.exception import DNSException
 
+from mailwright.compiler.gal import RECIPIENT_INDENT, recipient_line
 from mailwright.schema.loader import gc_paused
 
 SENSITIVE = "(sensitive)"
@@ -146,11 +147,27 @@ def _by_organization(files: Mapping[str, str]) -> dict[str, dict[str, str]]:
     return grouped
 
 
-def _gal(files: Mapping[str, str]) -> list[dict[str, Any]]:
+def _gal(files: Mapping[str, str]) -> dict[str, str]:
+    """The GAL's recipients: alias -> its line of gal.json (the record as compact JSON)."""
     if "gal.json" not in files:
-        return []
-    recipients: list[dict[str, Any]] = orjson.loads(files["gal.json"])["recipients"]
-    return recipients
+        return {}
+    # `{"alias":"<alias>",...`: keys are sorted, and an alias is a dot-atom (RFC 5321
+    # §4.1.2), with no quote or comma to end it early.
+    return {
+        line[ALIAS_AT : line.index(",") - 1]: line for line in _recipient_lines(files["gal.json"])
+    }
+
+
+ALIAS_AT = len('{"alias":"')
+
+
+def _recipient_lines(text: str) -> list[str]:
+    """gal.json's recipients as compact JSON, one each. gal.json holds one a line (see
+    Gal.as_text); any other layout (edited by hand, or older) is parsed and laid out alike."""
+    lines = text.split("\n")
+    if lines[2:3] == ['  "recipients": ['] and lines[-3:] == ["  ]", "}", ""]:
+        return [line.removeprefix(RECIPIENT_INDENT).removesuffix(",") for line in lines[3:-3]]
+    return [recipient_line(r) for r in orjson.loads(text)["recipients"]]
 
 
 def _organization_resources(
@@ -158,16 +175,17 @@ def _organization_resources(
     files: Mapping[str, str],
     names: set[str] | None = None,
     aliases: set[str] | None = None,
+    gal: Mapping[str, str] | None = None,
 ) -> Iterable[Resource]:
-    """The resources of artifacts `names` (default: all) in `files`; of the GAL, only the
-    recipients `aliases` (default: all)."""
+    """The resources of artifacts `names` (default: all) in `files`; of the GAL (its lines by
+    alias, default: read from `files`), only the recipients `aliases` (default: all)."""
     names = set(files) if names is None else names
     hosts = {n for n in names if n.startswith("hosts/")}
     if aliases is None or aliases:
+        gal = _gal(files) if gal is None else gal
         passwords = _password_hashes(files, hosts)
-        for entry in _gal(files):
-            if aliases is None or entry["alias"] in aliases:
-                yield from _recipient(organization, entry, passwords)
+        for alias in sorted(gal.keys() if aliases is None else aliases & gal.keys()):
+            yield from _recipient(organization, orjson.loads(gal[alias]), passwords)
     if "gwart.json" in names and "gwart.json" in files:
         yield from _routes(organization, files["gwart.json"])
     for name in sorted(names & set(files)):
@@ -228,21 +246,17 @@ def _changed_resources(
     for organization in sorted(set(old_orgs) | set(new_orgs)):
         was, now = old_orgs.get(organization, {}), new_orgs.get(organization, {})
         names = {n for n in set(was) | set(now) if was.get(n) != now.get(n)}
-        old_gal, new_gal = (_gal(was), _gal(now)) if "gal.json" in names else ([], [])
+        old_gal, new_gal = (_gal(was), _gal(now)) if "gal.json" in names else ({}, {})
         totals[organization] = len(old_gal)
-        # A recipient's record or password hash can change only if its GAL entry or its home
+        # A recipient's record or password hash can change only if its GAL line or its home
         # server's host config changed.
-        aliases = _changed_entries(old_gal, new_gal) | _changed_passwords(was, now, names)
-        for side, files in ((before, was), (after, now)):
-            for resource in _organization_resources(organization, files, names, aliases):
+        aliases = {a for a in old_gal.keys() | new_gal.keys() if old_gal.get(a) != new_gal.get(a)}
+        aliases |= _changed_passwords(was, now, names)
+        for side, files, gal in ((before, was, old_gal), (after, now, new_gal)):
+            lines = gal if "gal.json" in names else None
+            for resource in _organization_resources(organization, files, names, aliases, lines):
                 side[resource.address] = resource
     return before, after, totals
-
-
-def _changed_entries(old: list[dict[str, Any]], new: list[dict[str, Any]]) -> set[str]:
-    was = {e["alias"]: e for e in old}
-    now = {e["alias"]: e for e in new}
-    return {a for a in set(was) | set(now) if was.get(a) != now.get(a)}
 
 
 def _changed_passwords(was: Mapping[str, str], now: Mapping[str, str], names: set[str]) -> set[str]:
