@@ -12,8 +12,8 @@ import enum
 import functools
 import re
 import unicodedata
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 
 class AddressType(enum.StrEnum):
@@ -90,16 +90,18 @@ def check_address(kind: AddressType, text: str) -> str | None:
     return None
 
 
-@dataclass(frozen=True, order=True)
-class ProxyAddress:
+class ProxyAddress(NamedTuple):
+    """Ordered by type, then address; a tuple, because a 100,000-mailbox organization makes
+    300,000 of them and a tuple is made several times faster than a frozen dataclass."""
+
     type: AddressType
     address: str
     primary: bool = False
-    # What must be unique across an organization: addresses compare case-insensitively.
-    key: tuple[AddressType, str] = field(init=False, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.type, self.address.casefold()))
+    @property
+    def key(self) -> tuple[AddressType, str]:
+        """What must be unique across an organization: addresses compare case-insensitively."""
+        return (self.type, self.address.casefold())
 
     @classmethod
     def parse(cls, text: str) -> ProxyAddress:

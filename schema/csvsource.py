@@ -51,6 +51,7 @@ class CsvSource:
         # Unknown columns are reported once, in the header, not again in every row.
         unknown = {name for name in self.columns if name not in known}
         rows: list[dict[str, Any]] = []
+        plan = _column_plan(self.columns, unknown)
         line = reader.line_num
         for cells in reader:
             if cells:
@@ -64,7 +65,7 @@ class CsvSource:
                         )
                     )
                 self.row_lines.append(line + 1)
-                rows.append(_nest(self.columns, cells, defaults, unknown))
+                rows.append(_nest(plan, cells, defaults))
             line = reader.line_num
         return rows, problems
 
@@ -86,19 +87,29 @@ class CsvSource:
         return self.text.splitlines()
 
 
-def _nest(
-    columns: list[str], cells: list[str], defaults: dict[str, Any], skip: set[str]
-) -> dict[str, Any]:
+# Where each column's cell goes in a row: (cell index, parent keys, key, multi-valued).
+ColumnPlan = list[tuple[int, tuple[str, ...], str, bool]]
+
+
+def _column_plan(columns: list[str], skip: set[str]) -> ColumnPlan:
+    """Worked out once a file: `protocols.pop3.enabled` nests as protocols -> pop3 -> enabled."""
+    plan = []
+    for i, name in enumerate(columns):
+        if name not in skip:
+            *parents, leaf = name.split(".")
+            plan.append((i, tuple(parents), leaf, name in MULTI_VALUED))
+    return plan
+
+
+def _nest(plan: ColumnPlan, cells: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
     row: dict[str, Any] = dict(defaults)
-    for name, cell in zip(columns, cells, strict=False):
-        if cell == "" or name in skip:
+    for i, parents, leaf, multi in plan:
+        if i >= len(cells) or not (cell := cells[i]):
             continue
-        value: Any = cell.split(MULTI_VALUE_SEPARATOR) if name in MULTI_VALUED else cell
         target = row
-        *parents, leaf = name.split(".")
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[leaf] = value
+        target[leaf] = cell.split(MULTI_VALUE_SEPARATOR) if multi else cell
     return row
 
 

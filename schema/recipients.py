@@ -52,6 +52,7 @@ class SiteAddresser:
         self.local_template, _, domain = self.template.rpartition("@")
         self.domain = domain.lower()
         self.x400 = site_x400(site, organization)
+        self.x400_prefix = format_x400({k: v for k, v in self.x400.items() if v})
         self.msmail = site_msmail(site, organization)
 
     def smtp(self, mailbox: Mailbox) -> str:
@@ -73,13 +74,14 @@ class SiteAddresser:
                 f"mailbox '{mailbox.alias}' has neither a surname nor an alias that can be "
                 "an X.400 surname (letters, digits, spaces and '()+,-./:?)"
             )
-        attributes = {
-            **self.x400,
-            "s": surname,
-            "g": sanitize_x400(mailbox.given_name, X400_LIMITS["g"]),
-            "i": sanitize_x400(mailbox.initials, X400_LIMITS["i"]),
-        }
-        return format_x400({k: v for k, v in attributes.items() if v})
+        # s, g and i follow the site's c, a, p and o in X400_KEYS order.
+        given = sanitize_x400(mailbox.given_name, X400_LIMITS["g"])
+        initials = sanitize_x400(mailbox.initials, X400_LIMITS["i"])
+        return (
+            f"{self.x400_prefix}s={surname};"
+            + (f"g={given};" if given else "")
+            + (f"i={initials};" if initials else "")
+        )
 
     def ms(self, mailbox: Mailbox) -> str:
         name = sanitize_ms(mailbox.alias)
@@ -96,16 +98,19 @@ class SiteAddresser:
         As in Exchange, an explicit primary (upper-case type) replaces the generated one,
         which then stays on as a secondary address. Raises AddressingError.
         """
+        smtp, x400 = self.smtp(mailbox), self.x400_address(mailbox)
+        generated = (
+            ProxyAddress(AddressType.MS, self.ms(mailbox), primary=True),
+            ProxyAddress(AddressType.SMTP, smtp, primary=True),
+            ProxyAddress(AddressType.X400, x400, primary=True),
+        )
+        if not mailbox.proxy_addresses:
+            return generated  # already in order: the tuples sort by type, MS < SMTP < X400
         explicit_primary = {p.type for p in mailbox.proxy_addresses if p.primary}
-        generated = [
-            ProxyAddress(kind, make(mailbox), primary=kind not in explicit_primary)
-            for kind, make in (
-                (AddressType.SMTP, self.smtp),
-                (AddressType.X400, self.x400_address),
-                (AddressType.MS, self.ms),
-            )
+        everything = [
+            *(p._replace(primary=p.type not in explicit_primary) for p in generated),
+            *mailbox.proxy_addresses,
         ]
-        everything = [*generated, *mailbox.proxy_addresses]
         primaries = sorted(p for p in everything if p.primary)
         seen = {p.key for p in primaries}
         secondaries = []

@@ -221,17 +221,17 @@ def _check_proxies(
             "two-primaries",
             "two primary (upper-case) addresses of one type",
         )
-    alias_path = (*path, "alias")
-    for proxy in proxies:
-        k = explicit.get(proxy.key)
-        where = alias_path if k is None else (*path, "proxy_addresses", k)
-        other = owners.setdefault(proxy.key, (where, mailbox.alias))
-        if other[0] is not where:
+    claim = ((*path, "alias"), mailbox.alias)
+    for kind, address, _ in proxies:
+        key = (kind, address.casefold())
+        k = explicit.get(key) if explicit else None
+        mine = claim if k is None else ((*path, "proxy_addresses", k), mailbox.alias)
+        if (other := owners.setdefault(key, mine)) is not mine:
             self.problems.append(
                 Related(
-                    where,
+                    mine[0],
                     "duplicate-address",
-                    f"address {proxy.type}:{proxy.address} of mailbox '{mailbox.alias}' "
+                    f"address {kind}:{address} of mailbox '{mailbox.alias}' "
                     f"is already an address of mailbox '{other[1]}'",
                     related=other[0],
                 )
