@@ -17,7 +17,7 @@ from mailwright.schema.models import Mailbox, Pop3Settings
 RECIPIENT_INDENT = "    "
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GalEntry:
     alias: str
     display_name: str
@@ -26,25 +26,22 @@ class GalEntry:
     proxies: tuple[ProxyAddress, ...]
     pop3: Pop3Settings
     mailbox: Mailbox
-    # pop3 as JSON data: shared by the mailboxes that inherit their server's settings.
-    pop3_record: dict[str, Any] = field(compare=False, repr=False)
+    # The entry as JSON data, made once: gal.json and host configs both carry it.
+    record: dict[str, Any] = field(repr=False)
 
     def primary(self, kind: AddressType) -> str:
         return next(p.address for p in self.proxies if p.primary and p.type is kind)
 
-    @functools.cached_property
-    def record(self) -> dict[str, Any]:
-        """The entry as JSON data, made once: gal.json and host configs both carry it."""
-        return {
-            "alias": self.alias,
-            "display_name": self.display_name,
-            "site": self.site,
-            "home_server": self.home_server,
-            "primary": {p.type.value: p.address for p in self.proxies if p.primary},
-            "secondary": [str(p) for p in self.proxies if not p.primary],
-            "protocols": {"pop3": self.pop3_record},
-            "size_limit": self.mailbox.size_limit,
-        }
+
+# Plain str keys for orjson, looked up rather than read through the enum's `value` property.
+_TYPE_NAMES = {t: t.value for t in AddressType}
+
+
+def _record(entry: dict[str, Any], proxies: tuple[ProxyAddress, ...]) -> dict[str, Any]:
+    """`entry` with the proxies: primaries by type, secondaries as `type:address`."""
+    entry["primary"] = {_TYPE_NAMES[kind]: a for kind, a, primary in proxies if primary}
+    entry["secondary"] = [str(p) for p in proxies if not p.primary]
+    return entry
 
 
 @dataclass(frozen=True)
@@ -99,16 +96,25 @@ def build_gal(loaded: LoadedSpec) -> Gal:
             pop3_record = pop3.model_dump(mode="json")
         else:
             pop3, pop3_record = inherited[server.name.casefold()]
+        site_name, display = site.name, mailbox.display
+        record = {
+            "alias": mailbox.alias,
+            "display_name": display,
+            "site": site_name,
+            "home_server": server.name,
+            "protocols": {"pop3": pop3_record},
+            "size_limit": mailbox.size_limit,
+        }
         entries.append(
             GalEntry(
-                alias=mailbox.alias,
-                display_name=mailbox.display,
-                site=site.name,
-                home_server=server.name,
-                proxies=proxies,
-                pop3=pop3,
-                mailbox=mailbox,
-                pop3_record=pop3_record,
+                mailbox.alias,
+                display,
+                site_name,
+                server.name,
+                proxies,
+                pop3,
+                mailbox,
+                _record(record, proxies),
             )
         )
     entries.sort(key=lambda e: e.alias.casefold())
