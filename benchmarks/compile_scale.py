@@ -325,7 +325,7 @@ def apply_child(spec: Path, state: Path) -> None:
 
     state_dir = StateDir(state)
     with state_dir.locked():
-        prepared = prepare(load_specs([spec]), state_dir)
+        prepared = prepare(load_specs([spec], state_dir.import_cache), state_dir)
         applied = apply(prepared, state_dir)
     print(json.dumps({"added": len(prepared.plan.changes), "serial": applied.serial}))
 
@@ -352,7 +352,8 @@ def plan_child(spec: Path, state: Path) -> None:
     from mailwright.schema import load_specs  # noqa: PLC0415
 
     baseline = peak_mib()
-    loaded, load_s = _timed(lambda: load_specs([spec]))
+    cache = StateDir(state).import_cache
+    loaded, load_s = _timed(lambda: load_specs([spec], cache))
     prepared, prepare_s = _timed(lambda: prepare(loaded, StateDir(state)))
     plan = prepared.plan
     by_kind = Counter(f"{c.resource.kind} {c.action.value}" for c in plan.changes)
@@ -384,11 +385,12 @@ def profile_plan_child(spec: Path, state: Path, top: int) -> None:
     from mailwright.compiler.state import StateDir  # noqa: PLC0415
     from mailwright.schema import LoadedSpec, load_specs  # noqa: PLC0415
 
+    cache = StateDir(state).import_cache
     loaded: list[list[LoadedSpec]] = []
     prepared: list[PreparedPlan] = []
     _profile(
         [
-            ("load_specs", lambda: loaded.append(load_specs([spec]))),
+            ("load_specs", lambda: loaded.append(load_specs([spec], cache))),
             (
                 "prepare (compile, read state, diff)",
                 lambda: prepared.append(prepare(loaded[0], StateDir(state))),

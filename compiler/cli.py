@@ -80,9 +80,11 @@ def validate(
     raise typer.Exit(0 if report.valid else 1)
 
 
-def _check(specs: list[Path]) -> tuple[list[LoadedSpec], list[Diagnostic]]:
+def _check(
+    specs: list[Path], cache: Path | None = None
+) -> tuple[list[LoadedSpec], list[Diagnostic]]:
     """The schema's checks, and what the zones' name servers would refuse."""
-    loaded, diagnostics = check_specs(specs)
+    loaded, diagnostics = check_specs(specs, cache)
     zone_problems = [d for spec in loaded for d in zone_diagnostics(spec)]
     if zone_problems:
         bad = {d.position.file for d in zone_problems}
@@ -90,9 +92,9 @@ def _check(specs: list[Path]) -> tuple[list[LoadedSpec], list[Diagnostic]]:
     return loaded, sorted_diagnostics([*diagnostics, *zone_problems])
 
 
-def _load(specs: list[Path]) -> list[LoadedSpec]:
+def _load(specs: list[Path], cache: Path | None = None) -> list[LoadedSpec]:
     """Valid organizations, or the diagnostics and exit 1; warnings go to stderr either way."""
-    loaded, diagnostics = _check(specs)
+    loaded, diagnostics = _check(specs, cache)
     for diagnostic in diagnostics:
         color = "red" if diagnostic.severity is Severity.ERROR else "yellow"
         err.print(str(diagnostic), style=color, markup=False)
@@ -245,7 +247,8 @@ def plan(
 ) -> None:
     """Show what apply would change, against the applied state."""
     try:
-        prepared = prepare(_load(specs), StateDir(state))
+        state_dir = StateDir(state)
+        prepared = prepare(_load(specs, state_dir.import_cache), state_dir)
     except (StateError, ZoneError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
@@ -290,7 +293,7 @@ def apply_command(
     """Apply specs (after showing the plan and asking) or a saved plan (exactly, no prompt)."""
     state_dir = StateDir(state)
     from_file = len(targets) == 1 and targets[0].suffix.lower() not in (".yaml", ".yml")
-    specs = [] if from_file else _load(targets)
+    specs = [] if from_file else _load(targets, state_dir.import_cache)
     try:
         with state_dir.locked(lock_timeout):
             prepared = load_plan(targets[0], state_dir) if from_file else prepare(specs, state_dir)

@@ -128,6 +128,11 @@ class StateDir:
     def retained(self) -> Path:
         return self.path / "retained"
 
+    @property
+    def import_cache(self) -> Path:
+        """CSV imports that loaded cleanly, so that a plan re-reads only changed files."""
+        return self.path / "cache" / "imports"
+
     def store(self, server: str, alias: str) -> Path:
         return self.path / "hosts" / server / "store" / alias
 

@@ -118,6 +118,7 @@ def _server_named(spec: OrganizationSpec, name: str) -> Server | None:
     return next((s for s in _servers(spec) if s.name.casefold() == name.casefold()), None)
 
 
+@functools.lru_cache(maxsize=65536)
 def _fqdn(name: str) -> str:
     return dns.name.from_text(name).to_text()
 
@@ -238,6 +239,9 @@ def _apex_ns(first: _ZoneData, origin: dns.name.Name) -> list[_Record]:
 # --- records ------------------------------------------------------------------------------------
 
 
+# `validate` and then `compile` (as `plan` runs them) render the same zones: dnspython's parsing
+# of thousands of records is most of that work, and a record is a pure function of its text.
+@functools.lru_cache(maxsize=65536)
 def _record(
     origin: dns.name.Name, name: str, rdtype: str, value: str, ttl: int | None = None
 ) -> _Record:

@@ -27,6 +27,7 @@ from mailwright.schema.diagnostics import (
     SpecPath,
     sorted_diagnostics,
 )
+from mailwright.schema.importcache import CachedImport, ImportCache
 from mailwright.schema.models import (
     PATTERN_HELP,
     DirectoryImport,
@@ -82,6 +83,12 @@ class _Load:
     csv: dict[int, CsvSource] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     located: list[Diagnostic] = field(default_factory=list)
+    cache: ImportCache | None = None
+    spec_bytes: bytes = b""
+    # Mailbox index -> addresses, for the mailboxes of cached imports.
+    known: dict[int, tuple[ProxyAddress, ...]] = field(default_factory=dict)
+    # Imports done afresh that the cache may keep: index -> (key, first mailbox, count).
+    fresh: dict[int, tuple[str, int, int]] = field(default_factory=dict)
 
     def source(self, path: SpecPath) -> tuple[Source, SpecPath]:
         if path[:1] == ("directory_import",) and len(path) > 2 and path[2] in ("rows", "header"):
@@ -110,24 +117,30 @@ def load_spec(path: str | Path) -> LoadedSpec:
     return loaded
 
 
-def load_specs(paths: Iterable[str | Path]) -> list[LoadedSpec]:
+def load_specs(paths: Iterable[str | Path], cache: Path | None = None) -> list[LoadedSpec]:
     """Load organizations meant to run together; raises SpecError when any has errors."""
-    loaded, diagnostics = check_specs(paths)
+    loaded, diagnostics = check_specs(paths, cache)
     if any(d.severity is Severity.ERROR for d in diagnostics):
         raise SpecError(diagnostics)
     return loaded
 
 
-def check_specs(paths: Iterable[str | Path]) -> tuple[list[LoadedSpec], list[Diagnostic]]:
+def check_specs(
+    paths: Iterable[str | Path], cache: Path | None = None
+) -> tuple[list[LoadedSpec], list[Diagnostic]]:
     """The organizations that loaded, and every diagnostic of all of them, sorted.
 
     Organizations meant to run together must not clash with each other. A file named twice
     (`*.yaml` and then one of them again) is loaded once rather than clashing with itself.
+    `cache`: a folder that keeps CSV imports that loaded cleanly (see importcache).
     """
     unique: dict[Path, Path] = {}
     for path in paths:
         unique.setdefault(Path(path).resolve(), Path(path))
-    results = [_load(path) for path in unique.values()]
+    imports = ImportCache(cache) if cache is not None else None
+    results = [_load(path, imports) for path in unique.values()]
+    if imports is not None:
+        imports.prune()
     diagnostics = [d for _, found in results for d in found]
     loaded = [spec for spec, _ in results if spec is not None]
     diagnostics += _check_together(loaded)
@@ -137,18 +150,23 @@ def check_specs(paths: Iterable[str | Path]) -> tuple[list[LoadedSpec], list[Dia
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """Loading makes millions of objects and hardly any cycles; left on, the cyclic collector
-    rescans the growing heap again and again (a 100,000-mailbox spec loads 2-3 times slower)."""
+    rescans the growing heap again and again (a 100,000-mailbox spec loads 2-3 times slower).
+    What was made meanwhile lives on (the spec, the artifacts), so it is frozen out of later
+    collections too: otherwise the first one after the pause scans it all once more."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if enabled:
+            gc.freeze()
             gc.enable()
 
 
-def _load(path: Path) -> tuple[LoadedSpec | None, list[Diagnostic]]:
-    work = _Load(path)
+def _load(
+    path: Path, cache: ImportCache | None = None
+) -> tuple[LoadedSpec | None, list[Diagnostic]]:
+    work = _Load(path, cache=cache)
     with gc_paused():
         result = _read_and_check(work)
         diagnostics = work.located + [work.locate(p) for p in work.problems]
@@ -173,11 +191,12 @@ def _read_and_check(
         else []
     )
     for k, entry in enumerate(spec.directory_import if spec else ()):
-        mailboxes += _import_csv(work, k, entry)
+        mailboxes += _import_csv(work, k, entry, len(mailboxes))
     if spec is None or any(p.severity is Severity.ERROR for p in work.problems):
         return None
-    problems, proxies = check_organization(spec, mailboxes, work.path.parent)
+    problems, proxies = check_organization(spec, mailboxes, work.path.parent, work.known)
     work.problems += problems
+    _keep_imports(work, mailboxes, proxies)
     spec = spec.model_copy(
         update={"mailboxes": tuple(m for p, m in mailboxes if p[0] == "mailboxes")}
     )
@@ -188,7 +207,8 @@ def _parse(work: _Load) -> Any:
     """The YAML document as plain data, or None after recording why it cannot be had."""
     name = str(work.path)
     try:
-        text = work.path.read_bytes().decode("utf-8-sig")
+        work.spec_bytes = work.path.read_bytes()
+        text = work.spec_bytes.decode("utf-8-sig")
     except OSError as exc:
         work.located.append(_at(name, 1, 1, "unreadable", f"cannot read spec: {exc.strerror}"))
         return None
@@ -252,10 +272,14 @@ def _validate_mailboxes(work: _Load, raw: Any, prefix: SpecPath) -> list[tuple[S
     return good
 
 
-def _import_csv(work: _Load, k: int, entry: DirectoryImport) -> list[tuple[SpecPath, Mailbox]]:
+def _import_csv(
+    work: _Load, k: int, entry: DirectoryImport, start: int
+) -> list[tuple[SpecPath, Mailbox]]:
+    """Import `k`'s mailboxes, which follow the `start` mailboxes loaded before them."""
     file = work.path.parent / entry.path
     try:
-        text = file.read_text(encoding="utf-8-sig")
+        data = file.read_bytes()
+        text = data.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         work.problems.append(
@@ -265,12 +289,42 @@ def _import_csv(work: _Load, k: int, entry: DirectoryImport) -> list[tuple[SpecP
         )
         return []
     source = work.csv[k] = CsvSource(str(file), text)
+    prefix = ("directory_import", k, "rows")
+    key = work.cache.key(work.spec_bytes, k, data) if work.cache else ""
+    if work.cache and (cached := work.cache.get(key)):
+        source.columns, source.row_lines = cached.columns, cached.row_lines
+        work.known.update(enumerate(cached.proxies, start))
+        return [((*prefix, i), m) for i, m in enumerate(cached.mailboxes)]
     defaults = {"home_server": entry.home_server} if entry.home_server else {}
     rows, header_problems = source.read(CSV_COLUMNS, defaults)
     work.problems += [
         Problem(("directory_import", k, *p.path), p.code, p.message) for p in header_problems
     ]
-    return _validate_mailboxes(work, rows, ("directory_import", k, "rows"))
+    imported = _validate_mailboxes(work, rows, prefix)
+    if key:
+        work.fresh[k] = (key, start, len(imported))
+    return imported
+
+
+def _keep_imports(
+    work: _Load,
+    mailboxes: Sequence[tuple[SpecPath, Mailbox]],
+    proxies: Sequence[tuple[ProxyAddress, ...]],
+) -> None:
+    """Cache the fresh imports without a problem of their own (one named in their rows)."""
+    troubled = {p.path[1] for p in work.problems if p.path[:1] == ("directory_import",)}
+    for k, (key, start, count) in work.fresh.items():
+        if work.cache and k not in troubled:
+            source, end = work.csv[k], start + count
+            work.cache.put(
+                key,
+                CachedImport(
+                    source.columns,
+                    source.row_lines,
+                    tuple(m for _, m in mailboxes[start:end]),
+                    tuple(proxies[start:end]),
+                ),
+            )
 
 
 def _problem(error: Any, prefix: SpecPath, model: Any) -> Problem:

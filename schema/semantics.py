@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,9 @@ class Checker:
     spec: OrganizationSpec
     mailboxes: Sequence[tuple[SpecPath, Mailbox]]
     base_dir: Path
+    # Addresses already known (mailbox index -> addresses): of mailboxes from a cached import,
+    # whose own checks passed when the same spec and CSV bytes were loaded before.
+    known: Mapping[int, tuple[ProxyAddress, ...]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     proxies: list[tuple[ProxyAddress, ...]] = field(default_factory=list)
 
@@ -81,10 +84,13 @@ class Checker:
 
 
 def check_organization(
-    spec: OrganizationSpec, mailboxes: Sequence[tuple[SpecPath, Mailbox]], base_dir: Path
+    spec: OrganizationSpec,
+    mailboxes: Sequence[tuple[SpecPath, Mailbox]],
+    base_dir: Path,
+    known: Mapping[int, tuple[ProxyAddress, ...]] | None = None,
 ) -> tuple[list[Problem], list[tuple[ProxyAddress, ...]]]:
     """Every semantic problem of one organization, and each mailbox's proxy addresses."""
-    checker = Checker(spec, mailboxes, base_dir)
+    checker = Checker(spec, mailboxes, base_dir, known or {})
     checker.run()
     return checker.problems, checker.proxies
 
@@ -177,32 +183,40 @@ def _inside(name: str, domains: Sequence[str]) -> bool:
 def _check_mailboxes(self: Checker) -> None:
     organization = self.spec.organization
     addressers = {id(site): SiteAddresser(site, organization) for site in self.spec.sites}
-    sites: dict[str, tuple[Site, Server]] = {}
+    homes: dict[str, tuple[Server, SiteAddresser]] = {}
     for _, site, server in self.servers():
-        sites.setdefault(server.name.casefold(), (site, server))
+        homes.setdefault(server.name.casefold(), (server, addressers[id(site)]))
     owners: dict[tuple[object, str], tuple[SpecPath, str]] = {}
-    for path, mailbox in self.mailboxes:
-        home = sites.get(mailbox.home_server.casefold())
-        proxies: tuple[ProxyAddress, ...] = ()
-        if home is None:
-            self.error(
-                (*path, "home_server"),
-                "unknown-server",
-                f"home server '{mailbox.home_server}' is not a server of this organization",
-            )
-        elif Role.STORE not in home[1].roles:
-            self.error(
-                (*path, "home_server"),
-                "not-a-store",
-                f"home server '{mailbox.home_server}' does not have the store role",
-            )
-        else:
-            try:
-                proxies = addressers[id(home[0])].addresses(mailbox)
-            except AddressingError as exc:
-                self.error((*path, "alias"), "empty-address", str(exc))
+    for i, (path, mailbox) in enumerate(self.mailboxes):
+        proxies = self.known.get(i)
+        if proxies is None:
+            proxies = _addresses(self, path, mailbox, homes.get(mailbox.home_server.casefold()))
         self.proxies.append(proxies)
         _check_proxies(self, path, mailbox, proxies, owners)
+
+
+def _addresses(
+    self: Checker, path: SpecPath, mailbox: Mailbox, home: tuple[Server, SiteAddresser] | None
+) -> tuple[ProxyAddress, ...]:
+    """The mailbox's addresses, or () after saying why it has none."""
+    if home is None:
+        self.error(
+            (*path, "home_server"),
+            "unknown-server",
+            f"home server '{mailbox.home_server}' is not a server of this organization",
+        )
+    elif Role.STORE not in home[0].roles:
+        self.error(
+            (*path, "home_server"),
+            "not-a-store",
+            f"home server '{mailbox.home_server}' does not have the store role",
+        )
+    else:
+        try:
+            return home[1].addresses(mailbox)
+        except AddressingError as exc:
+            self.error((*path, "alias"), "empty-address", str(exc))
+    return ()
 
 
 def _check_proxies(
