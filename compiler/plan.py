@@ -148,26 +148,40 @@ def _by_organization(files: Mapping[str, str]) -> dict[str, dict[str, str]]:
 
 
 def _gal(files: Mapping[str, str]) -> dict[str, str]:
-    """The GAL's recipients: alias -> its line of gal.json (the record as compact JSON)."""
-    if "gal.json" not in files:
-        return {}
-    # `{"alias":"<alias>",...`: keys are sorted, and an alias is a dot-atom (RFC 5321
-    # §4.1.2), with no quote or comma to end it early.
-    return {
-        line[ALIAS_AT : line.index(",") - 1]: line for line in _recipient_lines(files["gal.json"])
-    }
+    """The GAL's recipients: alias -> the record as compact JSON."""
+    return _by_alias(_recipient_lines(files["gal.json"])) if "gal.json" in files else {}
+
+
+def _recipient_lines(text: str) -> list[str]:
+    """gal.json's recipient lines as written: one a line (see Gal.as_text). Any other layout
+    (edited by hand, or older) is parsed and laid out alike."""
+    lines = text.split("\n")
+    if lines[2:3] == ['  "recipients": ['] and lines[-3:] == ["  ]", "}", ""]:
+        return lines[3:-3]
+    return [f"{RECIPIENT_INDENT}{recipient_line(r)}," for r in orjson.loads(text)["recipients"]]
+
+
+def _by_alias(lines: Iterable[str]) -> dict[str, str]:
+    records = {}
+    for line in lines:
+        record = line.strip().removesuffix(",")
+        # `{"alias":"<alias>",...`: keys are sorted, and an alias is a dot-atom (RFC 5321
+        # §4.1.2), with no quote or comma to end it early.
+        records[record[ALIAS_AT : record.index(",") - 1]] = record
+    return records
 
 
 ALIAS_AT = len('{"alias":"')
 
 
-def _recipient_lines(text: str) -> list[str]:
-    """gal.json's recipients as compact JSON, one each. gal.json holds one a line (see
-    Gal.as_text); any other layout (edited by hand, or older) is parsed and laid out alike."""
-    lines = text.split("\n")
-    if lines[2:3] == ['  "recipients": ['] and lines[-3:] == ["  ]", "}", ""]:
-        return [line.removeprefix(RECIPIENT_INDENT).removesuffix(",") for line in lines[3:-3]]
-    return [recipient_line(r) for r in orjson.loads(text)["recipients"]]
+def _changed_gal(
+    was: Mapping[str, str], now: Mapping[str, str]
+) -> tuple[dict[str, str], dict[str, str], int]:
+    """The recipients whose gal.json lines differ, before and after (alias -> record), and how
+    many there were: a set difference of 100,000 lines, not the parsing of them all."""
+    old, new = (_recipient_lines(f["gal.json"]) if "gal.json" in f else [] for f in (was, now))
+    gone, came = set(old), set(new)
+    return _by_alias(gone - came), _by_alias(came - gone), len(old)
 
 
 def _organization_resources(
@@ -246,15 +260,18 @@ def _changed_resources(
     for organization in sorted(set(old_orgs) | set(new_orgs)):
         was, now = old_orgs.get(organization, {}), new_orgs.get(organization, {})
         names = {n for n in set(was) | set(now) if was.get(n) != now.get(n)}
-        old_gal, new_gal = (_gal(was), _gal(now)) if "gal.json" in names else ({}, {})
-        totals[organization] = len(old_gal)
+        old_gal, new_gal, totals[organization] = (
+            _changed_gal(was, now) if "gal.json" in names else ({}, {}, 0)
+        )
         # A recipient's record or password hash can change only if its GAL line or its home
         # server's host config changed.
         aliases = {a for a in old_gal.keys() | new_gal.keys() if old_gal.get(a) != new_gal.get(a)}
-        aliases |= _changed_passwords(was, now, names)
+        if passwords := _changed_passwords(was, now, names) - aliases:
+            aliases |= passwords
+            old_gal |= {a: r for a, r in _gal(was).items() if a in passwords}
+            new_gal |= {a: r for a, r in _gal(now).items() if a in passwords}
         for side, files, gal in ((before, was, old_gal), (after, now, new_gal)):
-            lines = gal if "gal.json" in names else None
-            for resource in _organization_resources(organization, files, names, aliases, lines):
+            for resource in _organization_resources(organization, files, names, aliases, gal):
                 side[resource.address] = resource
     return before, after, totals
 
@@ -363,17 +380,35 @@ def _shared_changes(organization: str, old: Mapping[str, str], new: Mapping[str,
     return [n for n in shared if old.get(prefix + n) != new.get(prefix + n)]
 
 
-def drift(applied: Mapping[str, Mapping[str, Any]], on_disk: Mapping[str, str]) -> list[Drift]:
-    """Artifacts edited or deleted on disk since they were applied."""
+def drift(
+    applied: Mapping[str, Mapping[str, Any]],
+    on_disk: Mapping[str, str],
+    new: Mapping[str, str] | None = None,
+) -> list[Drift]:
+    """Artifacts edited or deleted on disk since they were applied. An artifact the new tree
+    holds unchanged (same digest in its manifest) and that reads the same on disk is not
+    hashed again: at 100,000 mailboxes that is 180 MB not to hash."""
     found = []
     for organization, manifest in sorted(applied.items()):
+        fresh = _artifact_digests(new or {}, organization)
         for name, digest in sorted(manifest.get("artifacts", {}).items()):
-            text = on_disk.get(f"{organization}/{name}")
+            path = f"{organization}/{name}"
+            text = on_disk.get(path)
             if text is None:
-                found.append(Drift(f"{organization}/{name}", "deleted"))
+                found.append(Drift(path, "deleted"))
+            elif fresh.get(name) == digest and (new or {}).get(path) == text:
+                continue
             elif _digest(text) != digest:
-                found.append(Drift(f"{organization}/{name}", "modified"))
+                found.append(Drift(path, "modified"))
     return found
+
+
+def _artifact_digests(tree: Mapping[str, str], organization: str) -> dict[str, str]:
+    manifest = tree.get(f"{organization}/manifest.json")
+    if manifest is None:
+        return {}
+    digests: dict[str, str] = orjson.loads(manifest)["artifacts"]
+    return digests
 
 
 def unsafe_findings(
@@ -430,7 +465,7 @@ def make_plan(
     old: Mapping[str, str], applied: Mapping[str, Mapping[str, Any]], new: Mapping[str, str]
 ) -> Plan:
     """old: the applied tree as on disk; applied: the manifests state recorded; new: compiled."""
-    drifted = drift(applied, old)
+    drifted = drift(applied, old, new)
     broken = _unreadable(drifted, old)
     readable = {n: t for n, t in old.items() if n not in broken}
     with gc_paused():
