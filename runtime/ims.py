@@ -11,6 +11,7 @@ domain's MX (RFC 5321 §5.1), and delivers over SMTP, retrying on the connector'
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 import email.errors
 import email.header
@@ -38,9 +39,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.message import IMPORTANCE, Address, Attachment, InternalMessage, Recipient
 from mailwright.runtime.mta import Mta
-from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report, non_delivery_report
+from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report
 from mailwright.runtime.pop3 import Pop3Accounts
-from mailwright.runtime.queue import QueueEntry
+from mailwright.runtime.queue import PendingRecipient, QueueEntry
 from mailwright.runtime.router import Disposition
 from mailwright.schema.addressing import AddressType
 from mailwright.schema.routing import fit
@@ -49,6 +50,10 @@ from mailwright.schema.routing import fit
 MAX_RECEIVED = 100
 _ROUTING_CHARACTERS = set('%!@"')  # the source-routing tricks open relays were abused with
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+# RFC 5321 §4.1.2: a Path of a Dot-string local part and a domain of plain labels, then the
+# MAIL/RCPT parameters; what the email package's get_angle_addr makes of the same text.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)")
 _ENHANCED_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3463 §2
 # What email.parser and its header and content managers raise for a malformed message.
 _PARSE_ERRORS = (
@@ -286,6 +291,19 @@ def _importance(fields: dict[str, list[str]]) -> str:
 class ImsSmtp(SMTP):
     """aiosmtpd's server with the enhanced status codes (RFC 2034) of its own size refusals."""
 
+    def __dir__(self) -> list[str]:
+        # aiosmtpd finds its command and AUTH methods with dir() and inspect.getmembers() for
+        # every connection, which read every attribute; the names it looks for are enough.
+        return _SMTP_NAMES
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # A plain <local@domain> path, as nearly every client writes it, parsed here: the
+        # email package's parser aiosmtpd uses costs more than the rest of the command.
+        plain = _PLAIN_PATH.fullmatch(arg)
+        if plain is None:
+            return super()._getaddr(arg)  # anything else exactly as aiosmtpd reads it
+        return plain[1], plain[2]
+
     async def push(self, status: AnyStr) -> None:
         # RFC 3463 §3.4: 5.3.4, message too big for system.
         if isinstance(status, str) and status.startswith("552 Error:"):
@@ -293,6 +311,9 @@ class ImsSmtp(SMTP):
             await super().push(f"552 5.3.4 message size exceeds the maximum of {limit} bytes")
             return
         await super().push(status)
+
+
+_SMTP_NAMES = [name for name in dir(ImsSmtp) if name.startswith(("smtp_", "auth_"))]
 
 
 def smtp_server(
@@ -347,41 +368,34 @@ class Outbound:
         while True:
             entries = await asyncio.get_running_loop().run_in_executor(None, self.outbox.entries)
             for entry in entries:
-                if all(p.next_try <= time.time() for p in entry.pending):
-                    await self.deliver(entry)
+                await self.deliver(entry)
             await asyncio.sleep(0.2)
 
     async def deliver(self, entry: QueueEntry) -> None:
-        recipient = entry.pending[0].address
-        domain = recipient.address.rpartition("@")[2]
+        """The entry's due recipients (all of one domain: the MTA grouped them) in one SMTP
+        transaction per mail exchanger; whoever an MX refused for now is offered to the next
+        (RFC 5321 §5.1), and each recipient ends as its own replies say."""
+        due = [p.address for p in entry.pending if p.next_try <= time.time()]
+        if not due:
+            return
+        domain = due[0].address.rpartition("@")[2]
         try:
             exchangers = await self.mail_exchangers(domain)
         except NoMailError:
-            await self._fail(entry, "5.1.10", f"{domain} accepts no mail (null MX)")
+            reason = f"{domain} accepts no mail (null MX)"
+            await self._settle(entry, Outcome(failures=[Failure(a, "5.1.10", reason) for a in due]))
             return
         except (dns.exception.DNSException, ResolverMissingError) as exc:
-            await self._defer(entry, f"DNS lookup for {domain} failed: {exc}")
+            reason = f"DNS lookup for {domain} failed: {exc}"
+            await self._settle(entry, Outcome(deferred=dict.fromkeys(due, reason)))
             return
-        error = "no mail exchanger"
+        outcome = Outcome(deferred=dict.fromkeys(due, "no mail exchanger"))
         for exchanger in exchangers:
             for address in exchanger.addresses:
-                outcome = await self._send(entry, address)
-                if outcome is None:
-                    self.mta.tracking.event(
-                        "delivered",
-                        entry.message.message_id,
-                        recipient=recipient.address,
-                        via=exchanger.host,
-                    )
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, self.outbox.remove, entry
-                    )
-                    return
-                permanent, error = outcome
-                if permanent:
-                    await self._fail(entry, _permanent_status(error), error)
-                    return
-        await self._defer(entry, error)
+                if outcome.deferred:
+                    replies = await self._send(entry, list(outcome.deferred), address)
+                    outcome.record(replies, exchanger.host)
+        await self._settle(entry, outcome)
 
     async def mail_exchangers(self, domain: str) -> list[MailExchanger]:
         """RFC 5321 §5.1: MX by preference (equal ones in random order), else the A record."""
@@ -414,19 +428,25 @@ class Outbound:
         except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
             return []
 
-    async def _send(self, entry: QueueEntry, address: str) -> tuple[bool, str] | None:
-        """None when delivered; else (permanent?, the reply)."""
+    async def _send(
+        self, entry: QueueEntry, recipients: list[Address], address: str
+    ) -> dict[Address, str]:
+        """One SMTP transaction to `address`: each recipient's final reply."""
         endpoint = self.smtp_endpoint(address)
         if endpoint is None:
             # Only addresses of the local runtime are reachable; nothing leaves loopback.
-            return False, f"4.4.1 {address} is not reachable from the local runtime"
+            return dict.fromkeys(
+                recipients, f"4.4.1 {address} is not reachable from the local runtime"
+            )
         data = self._render(entry)
-        recipient = entry.pending[0].address.address
         # RFC 5321 §4.5.5: a notification goes out from the null reverse-path, <>.
         sender = "" if is_report(entry.message) else entry.message.sender.address
-        return await asyncio.get_running_loop().run_in_executor(
-            None, _smtp_send, endpoint, (self.source, self.mta.fqdn), sender, recipient, data
+        origin = (self.source, self.mta.fqdn)
+        forward = [r.address for r in recipients]
+        replies = await asyncio.get_running_loop().run_in_executor(
+            None, _smtp_send, endpoint, origin, sender, forward, data
         )
+        return {r: replies[r.address] for r in recipients}
 
     def _render(self, entry: QueueEntry) -> bytes:
         domain = entry.pending[0].address.address.rpartition("@")[2]
@@ -445,45 +465,72 @@ class Outbound:
         )
         return received + to_rfc5322(entry.message, uuencoded=uuencoded, charset=charset)
 
-    async def _defer(self, entry: QueueEntry, error: str) -> None:
-        pending = entry.pending[0]
-        retry = self.settings["retry"]
+    async def _settle(self, entry: QueueEntry, outcome: Outcome) -> None:
+        """Log what happened, report the failures in one NDR, and rewrite the entry with only
+        the recipients still to be tried (or remove it): the report is queued before the
+        entry changes, so a crash in between repeats the report (the same report id, which
+        the queue and the store de-duplicate) and loses none."""
+        message_id = entry.message.message_id
+        for recipient, via in outcome.delivered.items():
+            self.mta.tracking.event("delivered", message_id, recipient=recipient.address, via=via)
         age = time.time() - entry.first_seen
-        if age >= retry["give_up"]:
-            await self._fail(entry, "4.4.7", f"gave up after {int(age)}s: {error}")
-            return
-        intervals = retry["intervals"]
-        delay = intervals[min(pending.attempts, len(intervals) - 1)]
-        waiting = replace(
-            pending, attempts=pending.attempts + 1, next_try=time.time() + delay, last_error=error
+        if age >= self.settings["retry"]["give_up"]:
+            outcome.give_up(f"gave up after {int(age)}s")
+        await self.mta.report(entry.message, outcome.failures)
+        finished = {*outcome.delivered, *(f.recipient for f in outcome.failures)}
+        remaining = tuple(
+            self._deferred(entry, pending, outcome.deferred[pending.address])
+            if pending.address in outcome.deferred
+            else pending
+            for pending in entry.pending
+            if pending.address not in finished
         )
+        if not remaining:
+            await self.outbox.remove_soon(entry)
+        else:  # one atomic replace (temporary file, fsync, rename, fsync of the folder)
+            await self.outbox.write_soon(replace(entry, pending=remaining))
+
+    def _deferred(
+        self, entry: QueueEntry, pending: PendingRecipient, error: str
+    ) -> PendingRecipient:
+        """The recipient's next try on the connector's retry schedule."""
+        intervals = self.settings["retry"]["intervals"]
+        delay = intervals[min(pending.attempts, len(intervals) - 1)]
         self.mta.tracking.event(
             "deferred", entry.message.message_id, recipient=pending.address.address, reason=error
         )
-        await asyncio.get_running_loop().run_in_executor(
-            None, self.outbox.write, replace(entry, pending=(waiting,))
+        return replace(
+            pending, attempts=pending.attempts + 1, next_try=time.time() + delay, last_error=error
         )
 
-    async def _fail(self, entry: QueueEntry, status: str, reason: str) -> None:
-        recipient = entry.pending[0].address
-        self.mta.tracking.event(
-            "ndr",
-            entry.message.message_id,
-            recipient=recipient.address,
-            status=status,
-            reason=reason,
-        )
-        now = datetime.datetime.now(datetime.UTC)
-        report = non_delivery_report(
-            entry.message,
-            [Failure(recipient, status, reason)],
-            self.mta.fqdn,
-            self.mta.postmaster,
-            now,
-        )
-        if report is not None:
-            await self.mta.accept(report, [r.address for r in report.recipients], "ndr")
-        await asyncio.get_running_loop().run_in_executor(None, self.outbox.remove, entry)
+
+@dataclass
+class Outcome:
+    """What became of the recipients of one delivery attempt."""
+
+    delivered: dict[Address, str] = dataclasses.field(
+        default_factory=dict
+    )  # by which mail exchanger
+    failures: list[Failure] = dataclasses.field(default_factory=list)
+    deferred: dict[Address, str] = dataclasses.field(default_factory=dict)  # why not yet
+
+    def record(self, replies: dict[Address, str], via: str) -> None:
+        """One transaction's replies: 2yz delivered, 5yz failed for good (RFC 5321 §4.2.1),
+        anything else (4yz, no connection) still to be tried."""
+        for recipient, reply in replies.items():
+            if reply.startswith("2"):
+                self.delivered[recipient] = via
+            elif reply.startswith("5"):
+                self.failures.append(Failure(recipient, _permanent_status(reply), reply))
+            else:
+                self.deferred[recipient] = reply
+                continue
+            self.deferred.pop(recipient, None)
+
+    def give_up(self, why: str) -> None:
+        """Past the connector's give-up time every recipient still waiting fails (4.4.7)."""
+        self.failures += [Failure(r, "4.4.7", f"{why}: {e}") for r, e in self.deferred.items()]
+        self.deferred = {}
 
 
 def _permanent_status(reply: str) -> str:
@@ -498,33 +545,75 @@ def _matches(pattern: str, domain: str) -> bool:
 
 
 def _smtp_send(
-    endpoint: tuple[str, int], origin: tuple[str, str], sender: str, recipient: str, data: bytes
-) -> tuple[bool, str] | None:
-    """One SMTP transaction from `origin`: this host's loopback address and its HELO name."""
+    endpoint: tuple[str, int],
+    origin: tuple[str, str],
+    sender: str,
+    recipients: list[str],
+    data: bytes,
+) -> dict[str, str]:
+    """One SMTP transaction from `origin` (this host's loopback address and its HELO name):
+    each recipient's final reply, as `<code> <text>`."""
     source, helo = origin
+    replies: dict[str, str] = {}
     try:
         with smtplib.SMTP(
             endpoint[0], endpoint[1], local_hostname=helo, timeout=30, source_address=(source, 0)
         ) as client:
-            client.ehlo()
-            if client.has_extn("starttls"):
-                # Opportunistic TLS (RFC 3207); the certificate is not required to verify.
-                context = ssl.create_default_context()
-                context.check_hostname = False
-                context.verify_mode = ssl.CERT_NONE
-                client.starttls(context=context)
-                client.ehlo()
-            client.sendmail(sender, [recipient], data)
-    except smtplib.SMTPRecipientsRefused as exc:
-        code, refusal = next(iter(exc.recipients.values()))
-        return code >= 500, f"{code} {refusal.decode(errors='replace')}"
+            _hello(client)
+            _transaction(client, sender, recipients, data, replies)
     except smtplib.SMTPResponseException as exc:
-        reply = exc.smtp_error
-        text = reply.decode(errors="replace") if isinstance(reply, bytes) else str(reply)
-        return exc.smtp_code >= 500, f"{exc.smtp_code} {text}"
+        failure = _reply(exc.smtp_code, exc.smtp_error)
     except (OSError, smtplib.SMTPException) as exc:
-        return False, f"4.4.2 {exc}"
-    return None
+        failure = f"4.4.2 {exc}"
+    else:
+        return replies
+    # Whoever has no final reply yet shares the session's failure (a QUIT that went wrong
+    # after the DATA reply changes nothing: every recipient has its reply by then).
+    return {r: replies.get(r, failure) for r in recipients}
+
+
+def _hello(client: smtplib.SMTP) -> None:
+    client.ehlo()
+    if client.has_extn("starttls"):
+        # Opportunistic TLS (RFC 3207); the certificate is not required to verify.
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        client.starttls(context=context)
+        client.ehlo()
+
+
+def _transaction(
+    client: smtplib.SMTP, sender: str, recipients: list[str], data: bytes, replies: dict[str, str]
+) -> None:
+    """RFC 5321 §3.3: one MAIL, a RCPT per recipient, one DATA for those the server took.
+    A recipient's reply goes into `replies` as soon as it is final: a refused RCPT at once,
+    an accepted one with the reply to the message."""
+    options = [f"SIZE={len(data)}"] if client.has_extn("size") else []
+    code, text = client.mail(sender, options)
+    if code != 250:
+        raise smtplib.SMTPSenderRefused(code, text, sender)
+    accepted = []
+    for recipient in recipients:
+        code, text = client.rcpt(recipient)
+        if code in (250, 251):
+            accepted.append(recipient)
+            continue
+        replies[recipient] = _reply(code, text)
+        if code == 421:  # RFC 5321 §3.8: the server is closing; the rest share its reply
+            raise smtplib.SMTPResponseException(code, text)
+    if not accepted:  # RFC 5321 §3.3: no DATA when no recipient was accepted
+        client.rset()
+        return
+    try:
+        reply = _reply(*client.data(data))
+    except smtplib.SMTPDataError as exc:  # DATA itself refused, before the message
+        reply = _reply(exc.smtp_code, exc.smtp_error)
+    replies.update(dict.fromkeys(accepted, reply))
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    return f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
 
 
 def smtp_endpoints(state: Path) -> Callable[[str], tuple[str, int] | None]:

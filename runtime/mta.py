@@ -38,6 +38,7 @@ from mailwright.runtime.transfer import (
 # RFC 5321 §6.3 counts Received headers against loops; inside the organization we count hops.
 MAX_HOPS = 30
 RETRY_CAP = 300.0  # seconds between attempts to reach a server of the organization
+PARALLEL = 32  # queue entries processed at once
 
 
 class Mta:
@@ -69,6 +70,9 @@ class Mta:
             for m in config["mailboxes"]
         }
         self._wakeup = asyncio.Event()
+        # The queue as the MTA knows it, by entry id: read from disk once when `run` starts,
+        # then kept by `accept` and `_settle`, so the MTA never rescans its folder.
+        self._queued: dict[str, QueueEntry] = {}
 
     # --- accepting -----------------------------------------------------------------------------
 
@@ -77,9 +81,9 @@ class Mta:
         now = datetime.datetime.now(datetime.UTC)
         entry = QueueEntry.new(message.with_hop(self.server, now), recipients, source)
         message = entry.message
-        loop = asyncio.get_running_loop()
-        fresh = await loop.run_in_executor(None, self.queue.put, entry)
+        fresh = await self.queue.put_soon(entry)
         if fresh:
+            self._queued[entry.id] = entry
             self.tracking.event(
                 "received", message.message_id, source=source, recipients=_list(recipients)
             )
@@ -129,15 +133,18 @@ class Mta:
     # --- processing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # What was queued before this start (a crash, a restart) is read back once.
+        for entry in await asyncio.get_running_loop().run_in_executor(None, self.queue.entries):
+            self._queued.setdefault(entry.id, entry)
         while True:
             self._wakeup.clear()
-            entries = await loop.run_in_executor(None, self.queue.entries)
-            # One at a time: measured, concurrent entries only took CPU from accepting.
-            for entry in entries:
-                await self._process_safely(entry)
-            remaining = await loop.run_in_executor(None, self.queue.entries)
-            await self._sleep_until_due(remaining)
+            now = time.time()
+            due = [e for e in self._queued.values() if any(p.next_try <= now for p in e.pending)]
+            # Several at a time, so their writes share the group commit's fsyncs.
+            for start in range(0, len(due), PARALLEL):
+                batch = due[start : start + PARALLEL]
+                await asyncio.gather(*(self._process_safely(entry) for entry in batch))
+            await self._sleep_until_due()
 
     async def _process_safely(self, entry: QueueEntry) -> None:
         try:
@@ -148,8 +155,8 @@ class Mta:
             traceback.print_exc()
             await asyncio.sleep(1.0)
 
-    async def _sleep_until_due(self, entries: list[QueueEntry]) -> None:
-        due = [p.next_try for e in entries for p in e.pending]
+    async def _sleep_until_due(self) -> None:
+        due = [p.next_try for e in self._queued.values() for p in e.pending]
         delay = max(0.05, min(due) - time.time()) if due else None
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wakeup.wait(), delay)
@@ -160,6 +167,7 @@ class Mta:
         failures: list[Failure] = []
         deferred: dict[Address, str] = {}
         transfers: dict[str, list[Address]] = {}
+        internet: dict[str, list[Address]] = {}
         if len(message.hops) > MAX_HOPS:
             failures += [
                 Failure(p.address, "5.4.6", "loop detected: too many hops") for p in entry.pending
@@ -173,11 +181,15 @@ class Mta:
             self.tracking.event(
                 "routed", message.message_id, recipient=pending.address.address, via=decision.reason
             )
-            outcome = await self._dispose(message, pending.address, decision, transfers)
+            hops = (transfers, internet)
+            outcome = await self._dispose(message, pending.address, decision, hops)
             if isinstance(outcome, Failure):
                 failures.append(outcome)
             elif outcome:
                 done.add(pending.address)
+        for recipients in internet.values():
+            await self._to_ims(message, recipients)
+            done.update(recipients)
         for server, recipients in transfers.items():
             error = await self._transfer(message, server, recipients)
             for recipient in recipients:
@@ -190,7 +202,7 @@ class Mta:
                         Failure(recipient, _status_of(str(error)), f"{server}: {error}")
                     )
         done.update(f.recipient for f in failures)
-        await self._report(message, failures)
+        await self.report(message, failures)
         await self._settle(entry, done, deferred)
 
     async def _dispose(
@@ -198,21 +210,31 @@ class Mta:
         message: InternalMessage,
         recipient: Address,
         decision: Decision,
-        transfers: dict[str, list[Address]],
+        hops: tuple[dict[str, list[Address]], dict[str, list[Address]]],
     ) -> Failure | bool:
+        """Deliver, or fail; recipients for another server or for the internet wait in `hops`
+        (by server, by domain), to travel together (False: not done yet)."""
         if decision.disposition is Disposition.NDR:
             return Failure(recipient, decision.status, decision.reason)
+        transfers, internet = hops
         if decision.disposition is Disposition.TRANSFER:
             transfers.setdefault(decision.server, []).append(recipient)
             return False
         if decision.disposition is Disposition.GATEWAY:
-            entry = QueueEntry.new(message, [recipient], self.server)
-            await asyncio.get_running_loop().run_in_executor(None, self.outbox.put, entry)
+            # The IMS's next hop is the domain's MX: one outbox entry per domain, so its
+            # recipients share one SMTP transaction (RFC 5321 §3.3: several RCPTs, one DATA).
+            domain = recipient.address.rpartition("@")[2].casefold()
+            internet.setdefault(domain, []).append(recipient)
+            return False
+        return await self._deliver(message, recipient, decision.alias)
+
+    async def _to_ims(self, message: InternalMessage, recipients: list[Address]) -> None:
+        entry = QueueEntry.new(message, recipients, self.server)
+        await self.outbox.put_soon(entry)
+        for recipient in recipients:
             self.tracking.event(
                 "gateway", message.message_id, recipient=recipient.address, to="IMS"
             )
-            return True
-        return await self._deliver(message, recipient, decision.alias)
 
     async def _deliver(
         self, message: InternalMessage, recipient: Address, alias: str
@@ -222,9 +244,7 @@ class Mta:
         uuencoded, charset = self.formats.get(alias, (False, "utf-8"))
         mailbox = self.store.mailbox(alias)
         try:
-            await asyncio.get_running_loop().run_in_executor(
-                None, lambda: mailbox.deliver_message(message, uuencoded=uuencoded, charset=charset)
-            )
+            await mailbox.deliver_message(message, uuencoded=uuencoded, charset=charset)
         except DeliveryError as exc:
             return Failure(recipient, "5.2.2", str(exc))
         self.tracking.event(
@@ -253,7 +273,8 @@ class Mta:
         )
         return None
 
-    async def _report(self, message: InternalMessage, failures: list[Failure]) -> None:
+    async def report(self, message: InternalMessage, failures: list[Failure]) -> None:
+        """One non-delivery report (RFC 3464) to the sender for every recipient that failed."""
         if not failures:
             return
         for failure in failures:
@@ -292,13 +313,13 @@ class Mta:
                     reason=pending.last_error,
                 )
             remaining.append(pending)
-        loop = asyncio.get_running_loop()
         if not remaining:
-            await loop.run_in_executor(None, self.queue.remove, entry)
+            await self.queue.remove_soon(entry)
+            self._queued.pop(entry.id, None)
         elif tuple(remaining) != entry.pending:
-            await loop.run_in_executor(
-                None, self.queue.write, replace(entry, pending=tuple(remaining))
-            )
+            rewritten = replace(entry, pending=tuple(remaining))
+            await self.queue.write_soon(rewritten)
+            self._queued[entry.id] = rewritten
 
 
 def _status_of(reply: str) -> str:

@@ -690,10 +690,14 @@ class Gateway:
     exchangers: dict[str, tuple[str, int]]  # the remote MX addresses and where they listen
     loop: asyncio.AbstractEventLoop
 
-    def send(self, recipient: str, subject: str, *, report: bool = False, **properties: Any) -> str:
+    def send(
+        self, recipient: str | list[str], subject: str, *, report: bool = False, **properties: Any
+    ) -> str:
+        """Sam sends a message to one recipient or several; its message id."""
+        addresses = [Address(r) for r in ([recipient] if isinstance(recipient, str) else recipient)]
         message = new_message(
             Address(SAM, "Sam Sender"),
-            recipients=[Recipient(Address(recipient))],
+            recipients=[Recipient(a) for a in addresses],
             subject=subject,
             body=f"{subject}\n",
             domain="sender.test",
@@ -701,7 +705,7 @@ class Gateway:
         message = dataclasses.replace(message, **properties)
         if report:
             message = dataclasses.replace(message, extra={REPORT_FLAG: True})
-        run_on(self.loop, self.mta.accept(message, [Address(recipient)], "test"))
+        run_on(self.loop, self.mta.accept(message, addresses, "test"))
         return message.message_id
 
     def events(self, kind: str, message_id: str) -> list[dict[str, Any]]:
@@ -755,16 +759,24 @@ def gateway(
     run_on(server_loop, stop(tasks))
 
 
-def delivery_status(report: EmailMessage) -> dict[str, str]:
-    """The per-recipient fields of a one-recipient RFC 3464 report."""
+def delivery_statuses(report: EmailMessage) -> list[dict[str, str]]:
+    """The per-recipient fields of an RFC 3464 report, a dict per failed recipient."""
     assert report.get_content_type() == "multipart/report"
     assert report.get_param("report-type") == "delivery-status"
     [part] = [p for p in report.walk() if p.get_content_type() == "message/delivery-status"]
     blocks = part.get_payload()
-    assert isinstance(blocks, list) and len(blocks) == 2
-    recipient = blocks[1]
-    assert isinstance(recipient, Message)
-    return {key: str(value) for key, value in recipient.items()}
+    assert isinstance(blocks, list) and len(blocks) >= 2
+    statuses = []
+    for block in blocks[1:]:
+        assert isinstance(block, Message)
+        statuses.append({key: str(value) for key, value in block.items()})
+    return statuses
+
+
+def delivery_status(report: EmailMessage) -> dict[str, str]:
+    """The per-recipient fields of a one-recipient RFC 3464 report."""
+    [status] = delivery_statuses(report)
+    return status
 
 
 def test_delivery_to_the_mx_in_mime_with_a_received_header(gateway: Gateway, sink: Sink) -> None:
@@ -942,6 +954,117 @@ def test_without_mx_the_address_record_is_used(gateway: Gateway, sink: Sink) -> 
     gateway.exchangers[MX1] = (HOST, sink.start())
     message_id = gateway.send("someone@amx.test", "implicit MX")  # RFC 5321 §5.1
     assert gateway.wait_for("delivered", message_id)["via"] == "amx.test"
+
+
+def test_recipients_of_one_domain_share_one_transaction(gateway: Gateway, sink: Sink) -> None:
+    gateway.exchangers[MX1] = (HOST, sink.start())
+    one = ["a@one.test", "b@one.test", "c@one.test"]
+    # amx.test's mail goes to the same address, but another domain is another next hop.
+    message_id = gateway.send([*one, "d@amx.test"], "to four")
+    wait_for(lambda: len(gateway.events("delivered", message_id)) == 4, 8, "four deliveries")
+    dumped = sink.messages()  # smtp-sink dumps one file per transaction, one line per RCPT
+    assert sorted(m.get_all("X-Rcpt-Args") or [] for m in dumped) == [
+        [f"<{r}>" for r in one],
+        ["<d@amx.test>"],
+    ]
+    assert [m["Message-ID"] for m in dumped] == [message_id] * 2
+    assert len(gateway.events("converted", message_id)) == 2  # rendered once a transaction
+    assert gateway.outbox() == []
+
+
+class Picky:
+    """A remote MX (aiosmtpd's handler) that answers RCPT by the local part: `gone...` 550
+    5.1.1, `busy...` 450 4.2.1 for its first `busy_for` tries, anything else 250. It records the
+    RCPTs of every transaction and the recipients of every message it took."""
+
+    def __init__(self, busy_for: int = 1) -> None:
+        self.busy_for = busy_for
+        self.transactions: list[list[str]] = []
+        self.taken: list[list[str]] = []
+
+    async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.transactions.append([])
+        envelope.mail_from = address
+        return "250 2.1.0 ok"
+
+    async def handle_RCPT(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        self.transactions[-1].append(address)
+        tries = sum(t.count(address) for t in self.transactions)
+        if address.startswith("gone"):
+            return "550 5.1.1 no such user"
+        if address.startswith("busy") and tries <= self.busy_for:
+            return "450 4.2.1 mailbox busy, try later"
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 ok"
+
+    async def handle_DATA(  # noqa: N802
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        self.taken.append(list(envelope.rcpt_tos))
+        return "250 2.0.0 taken"
+
+
+@pytest.fixture
+def picky(
+    gateway: Gateway,
+    server_loop: asyncio.AbstractEventLoop,
+    smtp_listeners: list[SmtpListener],
+) -> Picky:
+    """one.test's MX is a Picky server."""
+    handler = Picky()
+    port = listen(server_loop, smtp_listeners, lambda: SMTP(handler, hostname="mx1.one.test"))
+    gateway.exchangers[MX1] = (HOST, port)
+    return handler
+
+
+def test_each_recipient_of_a_transaction_ends_as_its_reply_says(
+    gateway: Gateway, picky: Picky
+) -> None:
+    ok, gone, busy = "ok@one.test", "gone@one.test", "busy@one.test"
+    message_id = gateway.send([ok, gone, busy], "mixed replies")
+    # 550: a report at once, about that recipient only.
+    status = delivery_status(gateway.report("mixed replies"))
+    assert (status["Final-Recipient"], status["Status"]) == (f"rfc822; {gone}", "5.1.1")
+    # 450: the entry is rewritten with that recipient only, due after the first interval.
+    assert gateway.wait_for("deferred", message_id)["recipient"] == busy
+    wait_for(lambda: len(gateway.events("delivered", message_id)) == 2, 8, "the retry")
+    assert picky.transactions == [[ok, gone, busy], [busy]]  # the retry asks for busy only
+    assert picky.taken == [[ok], [busy]]
+    assert [e["recipient"] for e in gateway.events("delivered", message_id)] == [ok, busy]
+    assert [e["recipient"] for e in gateway.events("ndr", message_id)] == [gone]
+    assert len(gateway.events("deferred", message_id)) == 1
+    assert gateway.outbox() == []
+
+
+def test_the_deferred_recipients_stay_queued_alone(gateway: Gateway, picky: Picky) -> None:
+    picky.busy_for = 99
+    message_id = gateway.send(["ok@one.test", "busy@one.test"], "one waits")
+    gateway.wait_for("deferred", message_id)
+    wait_for(lambda: bool(gateway.outbox()), 5, "the rewritten entry")
+    [waiting] = gateway.outbox()
+    assert [(p.address.address, p.attempts) for p in waiting.pending] == [("busy@one.test", 1)]
+    outbox = gateway.state / "hosts" / "gw" / "outbox"
+    files = [p.name for p in outbox.iterdir() if p.is_file()]
+    assert files == [f"{waiting.id}.msg"]  # replaced in place, no temporary file left
+    assert picky.taken == [["ok@one.test"]]
+
+
+def test_no_data_when_every_recipient_is_refused(gateway: Gateway, picky: Picky) -> None:
+    gone = ["gone1@one.test", "gone2@one.test"]
+    message_id = gateway.send([*gone, "busy@one.test"], "all refused")
+    # One report lists both recipients refused for good (RFC 3464 §2.3: a block each).
+    statuses = delivery_statuses(gateway.report("all refused"))
+    assert [(s["Final-Recipient"], s["Status"]) for s in statuses] == [
+        (f"rfc822; {address}", "5.1.1") for address in gone
+    ]
+    wait_for(lambda: bool(gateway.events("delivered", message_id)), 8, "the retry")
+    assert picky.transactions == [[*gone, "busy@one.test"], ["busy@one.test"]]
+    assert picky.taken == [["busy@one.test"]]  # the first transaction sent no DATA
+    assert gateway.outbox() == []
 
 
 class Recorder:
