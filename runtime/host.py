@@ -18,6 +18,7 @@ import os
 import signal
 import ssl
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from mailwright.runtime.ims import (
     smtp_endpoints,
     smtp_server,
 )
+from mailwright.runtime.imsworker import ImsWorkers, worker_count
 from mailwright.runtime.mta import Mta
 from mailwright.runtime.nameserver import Authority, NameServer, load_zones
 from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
@@ -86,12 +88,12 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
         pop3 = pop3_server(config, state, store, accounts)
         listeners["pop3"] = await pop3.start(bind, ports["pop3"])
     tasks = [loop.create_task(mta.run())]
+    inbound = None
     if "smtp" in services:
         ims = config["ims"]
-        handler = InboundHandler(mta, ims, accounts)
-        context = tls_context(config, state)
-        listeners["smtp"] = await loop.create_server(
-            lambda: smtp_server(handler, ims, context), bind, ports["smtp"]
+        address = (bind, ports["smtp"])
+        inbound = await SmtpInbound.start(
+            mta, accounts, config=config_path, state=state, address=address
         )
         if ims["transfer_mode"] in ("inbound_and_outbound", "outbound_only"):
             outbound = Outbound(
@@ -99,6 +101,8 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
             )
             tasks.append(loop.create_task(outbound.run()))
     endpoints = {name: _address(listener) for name, listener in listeners.items()}
+    if inbound is not None:
+        endpoints["smtp"] = inbound.address
     nameserver = None
     if "dns" in services:
         # The local runtime's one resolver answers for every organization applied together.
@@ -111,7 +115,9 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     def reload() -> None:
         """SIGHUP: the shared artifacts (GAL, zones) of the state's current serial."""
         current = _current(state, config_path)
-        mta.router = Router(config, json.loads((current.parent.parent / "gal.json").read_text()))
+        mta.router = current_router(config, state, config_path)
+        if inbound is not None:
+            inbound.reload()
         if nameserver is not None:
             nameserver.authority = Authority(
                 load_zones(sorted(current.parents[2].glob("*/zones/*.zone")))
@@ -120,6 +126,8 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     loop.add_signal_handler(signal.SIGHUP, reload)
     print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
     await stop.wait()
+    if inbound is not None:
+        await inbound.stop()
     for task in tasks:
         task.cancel()
     if nameserver is not None:
@@ -127,6 +135,60 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     for listener in listeners.values():
         listener.close()
         await listener.wait_closed()
+
+
+@dataclass
+class SmtpInbound:
+    """The IMS's SMTP port: served by worker processes (see imsworker), or in this one."""
+
+    server: asyncio.Server | None = None
+    workers: ImsWorkers | None = None
+
+    @classmethod
+    async def start(
+        cls,
+        mta: Mta,
+        accounts: Pop3Accounts,
+        *,
+        config: Path,
+        state: Path,
+        address: tuple[str, int],
+    ) -> SmtpInbound:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+        context = tls_context(settings, state)  # made here first: workers only read it
+        if count := worker_count():
+            return cls(workers=ImsWorkers.start(mta, config, state, address, count))
+        handler = InboundHandler(mta, settings["ims"], accounts)
+        server = await asyncio.get_running_loop().create_server(
+            lambda: smtp_server(handler, settings["ims"], context), *address
+        )
+        return cls(server=server)
+
+    @property
+    def address(self) -> str:
+        return self.workers.address if self.workers else _address(self._server)
+
+    @property
+    def _server(self) -> asyncio.Server:
+        assert self.server is not None
+        return self.server
+
+    def reload(self) -> None:
+        if self.workers is not None:
+            self.workers.reload()
+
+    async def stop(self) -> None:
+        if self.workers is not None:
+            await self.workers.stop()
+        else:
+            self._server.close()
+            await self._server.wait_closed()
+
+
+def current_router(config: dict[str, Any], state: Path, config_path: Path) -> Router:
+    """The router over the GAL of the state's current serial (SIGHUP's reload)."""
+    gal = _current(state, config_path).parent.parent / "gal.json"
+    return Router(config, json.loads(gal.read_text(encoding="utf-8")))
 
 
 def _current(state: Path, config_path: Path) -> Path:

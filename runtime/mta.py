@@ -83,12 +83,22 @@ class Mta:
         message = entry.message
         fresh = await self.queue.put_soon(entry)
         if fresh:
-            self._queued[entry.id] = entry
             self.tracking.event(
                 "received", message.message_id, source=source, recipients=_list(recipients)
             )
-            self._wakeup.set()
+            self.adopt(entry)
         return entry.id
+
+    def adopt(self, entry: QueueEntry) -> None:
+        """A durably queued entry (this MTA's, or an IMS worker's) joins the MTA's work."""
+        self._queued.setdefault(entry.id, entry)
+        self._wakeup.set()
+
+    async def rescan(self) -> None:
+        """Adopt whatever is queued on disk and not known yet: at start, and after an IMS
+        worker died (an entry it queued may never have been announced)."""
+        for entry in await asyncio.get_running_loop().run_in_executor(None, self.queue.entries):
+            self.adopt(entry)
 
     async def handle_frame(self, verb: str, document: dict[str, Any], peer: str) -> str:
         """The transfer protocol's policy: XFER from another MTA, SUBMIT from a client."""
@@ -133,9 +143,7 @@ class Mta:
     # --- processing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        # What was queued before this start (a crash, a restart) is read back once.
-        for entry in await asyncio.get_running_loop().run_in_executor(None, self.queue.entries):
-            self._queued.setdefault(entry.id, entry)
+        await self.rescan()  # what was queued before this start (a crash, a restart)
         while True:
             self._wakeup.clear()
             now = time.time()

@@ -128,6 +128,13 @@ class MessageQueue:
         temp.touch()
         return temp
 
+    def read(self, entry_id: str) -> QueueEntry | None:
+        """One queued entry, or None when it is not (or no longer) queued."""
+        try:
+            return _read(self.path(entry_id))
+        except FileNotFoundError:
+            return None
+
     def entries(self) -> list[QueueEntry]:
         """Every queued message, oldest first (a crashed write leaves only a .tmp, ignored)."""
         found = [_read(p) for p in self.root.glob("*.msg")]
