@@ -71,8 +71,13 @@ def compile_organization(
         out.zones[zone.origin] = {"content_hash": zone.content_hash, "serial": zone.serial}
     # Hosts name the shared artifacts they read; a change to those alone reloads a host,
     # a change to its own config restarts it.
-    shared = ["gal.json", "servers.json", *sorted(n for n in out.files if n.startswith("zones/"))]
-    context = HostContext(loaded, gwart, gal.homed_on(), shared)
+    shared = [
+        "gal.json",
+        "gwart.json",
+        "servers.json",
+        *sorted(n for n in out.files if n.startswith("zones/")),
+    ]
+    context = HostContext(loaded, gal.homed_on(), shared)
     for site in loaded.spec.sites:
         for server in site.servers:
             config = host_config(context, site, server)

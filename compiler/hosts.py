@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mailwright.compiler.gal import GalEntry
-from mailwright.compiler.gwart import Gwart
 from mailwright.compiler.inheritance import server_pop3
 from mailwright.schema import LoadedSpec
 from mailwright.schema.models import ImsConnector, Role, Server, Site
@@ -59,11 +58,9 @@ class HostContext:
     """What every host config of one organization draws on, worked out once."""
 
     loaded: LoadedSpec
-    gwart: Gwart
     homed: dict[str, list[GalEntry]]  # home server -> its recipients
     shared: list[str]  # the organization-wide artifacts the hosts read too
     resolvers: list[str] = field(init=False)
-    _views: dict[tuple[str, str], list[dict[str, Any]]] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self.resolvers = sorted(
@@ -72,13 +69,6 @@ class HostContext:
             for s in site.servers
             if Role.DNS in s.roles
         )
-
-    def gwart_view(self, site: str, location: str) -> list[dict[str, Any]]:
-        """The routes a server in this site and location sees (scope applied)."""
-        key = (site, location)
-        if key not in self._views:
-            self._views[key] = [r.as_json() for r in self.gwart.visible_from(site, location).routes]
-        return self._views[key]
 
 
 def host_config(context: HostContext, site: Site, server: Server) -> dict[str, Any]:
@@ -90,7 +80,6 @@ def host_config(context: HostContext, site: Site, server: Server) -> dict[str, A
         "server": {"name": server.name, **_peer(site, server)},
         "pop3": server_pop3(site, server).model_dump(mode="json"),
         "mailboxes": [{**entry.record, "password_hash": entry.mailbox.password} for entry in homed],
-        "gwart": context.gwart_view(site.name, server.location or ""),
         "ims": _ims(server),
         "tls": _tls(context.loaded, server),
         "dns": {"resolvers": context.resolvers},

@@ -374,7 +374,7 @@ def _shared_changes(organization: str, old: Mapping[str, str], new: Mapping[str,
     shared = sorted(
         n.removeprefix(prefix)
         for n in names
-        if n.removeprefix(prefix) in ("gal.json", "servers.json")
+        if n.removeprefix(prefix) in ("gal.json", "gwart.json", "servers.json")
         or n.removeprefix(prefix).startswith("zones/")
     )
     return [n for n in shared if old.get(prefix + n) != new.get(prefix + n)]

@@ -74,7 +74,6 @@ def _write_endpoints(folder: Path, endpoints: dict[str, str]) -> None:
 
 async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]) -> None:
     config = json.loads(config_path.read_text(encoding="utf-8"))
-    gal = json.loads((config_path.parent.parent / "gal.json").read_text(encoding="utf-8"))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -82,7 +81,8 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     services = config["server"]["services"]
     store = store_for(config, state) if "pop3" in services else None
     accounts = Pop3Accounts(accounts_from_host(config))
-    mta = Mta(config, gal, state, store, accounts, endpoints_in(state))
+    router = Router.load(config, config_path.parent.parent)
+    mta = Mta(config, router, state, store, accounts, endpoints_in(state))
     listeners = {"transfer": await transfer.serve(mta.handle_frame, bind, ports["transfer"])}
     if store is not None:
         pop3 = pop3_server(config, state, store, accounts)
@@ -187,8 +187,7 @@ class SmtpInbound:
 
 def current_router(config: dict[str, Any], state: Path, config_path: Path) -> Router:
     """The router over the GAL of the state's current serial (SIGHUP's reload)."""
-    gal = _current(state, config_path).parent.parent / "gal.json"
-    return Router(config, json.loads(gal.read_text(encoding="utf-8")))
+    return Router.load(config, _current(state, config_path).parent.parent)
 
 
 def _current(state: Path, config_path: Path) -> Path:

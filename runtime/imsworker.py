@@ -31,6 +31,7 @@ from mailwright.runtime.ims import InboundHandler, smtp_server
 from mailwright.runtime.mta import Mta
 from mailwright.runtime.pop3 import Pop3Accounts, accounts_from_host
 from mailwright.runtime.queue import QueueEntry
+from mailwright.runtime.router import Router
 from mailwright.runtime.transfer import endpoints_in
 
 WORKERS_ENV = "MAILWRIGHT_IMS_WORKERS"
@@ -130,9 +131,9 @@ async def serve(config_path: Path, state: Path, fd: int) -> None:
     from mailwright.runtime.host import current_router, tls_context  # noqa: PLC0415
 
     config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-    gal = json.loads((config_path.parent.parent / "gal.json").read_text(encoding="utf-8"))
     accounts = Pop3Accounts(accounts_from_host(config))
-    front = FrontEnd(config, gal, state, None, accounts, endpoints_in(state))
+    router = Router.load(config, config_path.parent.parent)
+    front = FrontEnd(config, router, state, None, accounts, endpoints_in(state))
     handler = InboundHandler(front, config["ims"], accounts)
     context = tls_context(config, state)
     loop = asyncio.get_running_loop()

@@ -45,7 +45,7 @@ class Mta:
     def __init__(  # noqa: PLR0917 - the host process wires these once
         self,
         config: dict[str, Any],
-        gal: dict[str, Any],
+        router: Router,
         state: Path,
         store: MailStore | None,
         accounts: Pop3Accounts,
@@ -54,7 +54,7 @@ class Mta:
         self.server = config["server"]["name"]
         self.fqdn = config["server"]["fqdn"]
         self.postmaster = f"postmaster@{config['domains'][0]}"
-        self.router = Router(config, gal)
+        self.router = router
         home = state / "hosts" / self.server
         self.queue = MessageQueue(home / "queue")
         self.outbox = MessageQueue(home / "outbox")  # for the IMS: mail for the internet

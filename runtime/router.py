@@ -10,8 +10,10 @@ server's MTA, which hands it to its IMS. No route: a non-delivery report.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mailwright.schema.addressing import AddressType
@@ -34,15 +36,33 @@ class Decision:
     reason: str = ""
 
 
+# The organization's artifacts every host routes with (hosts/*.json name them under "shared").
+_SHARED = ("gal.json", "gwart.json")
+
+
 class Router:
-    def __init__(self, host: Mapping[str, Any], gal: Mapping[str, Any]) -> None:
+    """A host's routing over its organization's shared artifacts: the GAL and the GWART."""
+
+    def __init__(
+        self, host: Mapping[str, Any], gal: Mapping[str, Any], gwart: Mapping[str, Any]
+    ) -> None:
         server = host["server"]
         self.server = server["name"]
         self.site = server["site"]
         self.location = server["location"]
         self.domains = {d.casefold() for d in host["domains"]}
-        self.routes = tuple(Route.from_json(r) for r in host["gwart"])
+        # Every server holds the whole GWART, as in Exchange; the scope of a route (its site
+        # or location) decides whether this server may use it.
+        routes = (Route.from_json(r) for r in gwart["routes"])
+        self.routes = tuple(r for r in routes if r.visible_from(self.site, self.location))
         self.recipients = dict(_index(gal["recipients"]))
+
+    @classmethod
+    def load(cls, host: Mapping[str, Any], organization: Path) -> Router:
+        """From the organization's compiled folder (gal.json, gwart.json)."""
+        shared = [json.loads((organization / f).read_text(encoding="utf-8")) for f in _SHARED]
+        gal, gwart = shared
+        return cls(host, gal, gwart)
 
     def route(self, kind: str, address: str, message_id: str = "") -> Decision:
         try:

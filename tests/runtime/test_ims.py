@@ -52,6 +52,7 @@ from mailwright.runtime.nameserver import Authority, NameServer
 from mailwright.runtime.ndr import REPORT_FLAG, is_report
 from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
 from mailwright.runtime.queue import MessageQueue, QueueEntry
+from mailwright.runtime.router import Router
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.transfer import endpoints_in
 from mailwright.schema import load_specs
@@ -169,7 +170,6 @@ def start_ims(  # noqa: PLR0917 - fixtures
 ) -> Callable[..., Ims]:
     """Start Arlington's IMS with its compiled settings, changed by keyword: `networks` (relay
     networks), `authenticated` (relay after AUTH), `max_message_size`, `transfer_mode`."""
-    gal = json.loads((seed_artifacts / "Minasi" / "gal.json").read_text(encoding="utf-8"))
     runs = iter(range(100))
 
     def start(**changes: Any) -> Ims:
@@ -183,7 +183,8 @@ def start_ims(  # noqa: PLR0917 - fixtures
         config = {**arlington, "ims": settings}
         store = MailStore(state / "hosts" / "arlington" / "store")
         accounts = Pop3Accounts(fast_accounts)
-        mta = Mta(config, gal, state, store, accounts, endpoints_in(state))
+        router = Router.load(config, seed_artifacts / "Minasi")
+        mta = Mta(config, router, state, store, accounts, endpoints_in(state))
         handler = InboundHandler(mta, settings, accounts)
         port = listen(
             server_loop, smtp_listeners, lambda: smtp_server(handler, settings, server_tls)
@@ -739,10 +740,10 @@ def gateway(
     server_loop: asyncio.AbstractEventLoop, sender_artifacts: Path, dns_port: int, tmp_path: Path
 ) -> Iterator[Gateway]:
     config = json.loads((sender_artifacts / "hosts" / "gw.json").read_text(encoding="utf-8"))
-    gal = json.loads((sender_artifacts / "gal.json").read_text(encoding="utf-8"))
     state = tmp_path / "state"
     store = MailStore(state / "hosts" / "gw" / "store")
-    mta = Mta(config, gal, state, store, Pop3Accounts({}), endpoints_in(state))
+    router = Router.load(config, sender_artifacts)
+    mta = Mta(config, router, state, store, Pop3Accounts({}), endpoints_in(state))
     exchangers: dict[str, tuple[str, int]] = {}
     outbound = Outbound(mta, config["ims"], lambda: (HOST, dns_port), exchangers.get)
 

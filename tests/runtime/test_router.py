@@ -25,8 +25,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def router(tree: Path, organization: str, server: str) -> Router:
     host = json.loads((tree / organization / "hosts" / f"{server}.json").read_text())
-    gal = json.loads((tree / organization / "gal.json").read_text())
-    return Router(host, gal)
+    return Router.load(host, tree / organization)
 
 
 def test_foreign_smtp_goes_to_the_gateway(tree: Path) -> None:
