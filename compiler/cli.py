@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import json
 import os
 import shutil
@@ -222,8 +223,9 @@ class PlanFormat(enum.StrEnum):
 
 
 def _print_plan(plan: Plan) -> None:
-    for text, style in plan_report.render_text(plan):
-        out.print(text, style=style or None, markup=False)
+    # A run of lines in one style is one print: a thousand hosts to reload print in a blink.
+    for style, lines in itertools.groupby(plan_report.render_text(plan), key=lambda x: x[1]):
+        out.print("\n".join(text for text, _ in lines), style=style or None, markup=False)
 
 
 @app.command()
