@@ -20,7 +20,14 @@ from typing import Any
 
 from mailwright.compiler.build import build_date, compile_all, tree_files
 from mailwright.compiler.plan import Action, Plan, make_plan
-from mailwright.compiler.state import State, StateDir, StateError, write_atomic, write_tree_durably
+from mailwright.compiler.state import (
+    State,
+    StateDir,
+    StateError,
+    fingerprints,
+    write_atomic,
+    write_tree_durably,
+)
 from mailwright.runtime.launcher import (
     HostAction,
     LaunchError,
@@ -64,7 +71,7 @@ def prepare(specs: Sequence[LoadedSpec], state_dir: StateDir) -> PreparedPlan:
 def _prepared(
     state_dir: StateDir, state: State, files: dict[str, str], hashes: dict[str, str]
 ) -> PreparedPlan:
-    plan = make_plan(state_dir.applied_files(state), state.applied, files)
+    plan = make_plan(state_dir.applied_files(state, files), state.applied, files)
     return PreparedPlan(plan, files, state.lineage, state.serial, hashes)
 
 
@@ -142,6 +149,7 @@ def apply(prepared: PreparedPlan, state_dir: StateDir, progress: Progress | None
     if target.exists():
         shutil.rmtree(target)  # leftovers of an apply that crashed before naming them
     write_tree_durably(target, prepared.files)
+    new.fingerprints = fingerprints(target, prepared.files)
     _retain_removed_stores(prepared.plan, state_dir, new.serial)
     state_dir.write(new)
     actions = [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions]

@@ -13,13 +13,14 @@ before state.json names it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +88,9 @@ class State:
     applied: dict[str, dict[str, Any]] = field(default_factory=dict)
     # "<org>/<server>" -> loopback address, stable across applies
     host_addresses: dict[str, str] = field(default_factory=dict)
+    # "<org>/<artifact>" -> [size, mtime in ns] of the applied file, as written: a file that
+    # still has both is not read again to look for drift (as git's index does)
+    fingerprints: dict[str, list[int]] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -95,6 +99,7 @@ class State:
             "lineage": self.lineage,
             "applied": self.applied,
             "host_addresses": self.host_addresses,
+            "fingerprints": self.fingerprints,
         }
 
     @classmethod
@@ -102,11 +107,62 @@ class State:
         version = data.get("format_version")
         if version != STATE_FORMAT_VERSION:
             raise StateError(f"state format version {version} is not one this mailwright reads")
-        return cls(data["serial"], data["lineage"], data["applied"], data["host_addresses"])
+        return cls(
+            data["serial"],
+            data["lineage"],
+            data["applied"],
+            data["host_addresses"],
+            data.get("fingerprints", {}),  # none in a state an older release wrote
+        )
 
     def zone_serials(self, organization: str) -> dict[str, tuple[str, int]]:
         zones = self.applied.get(organization, {}).get("zones", {})
         return {origin: (z["content_hash"], int(z["serial"])) for origin, z in zones.items()}
+
+
+class AppliedTree(Mapping[str, str]):
+    """Path -> text of an applied tree, each file read when first asked for."""
+
+    def __init__(self, root: Path, paths: list[str], known: Mapping[str, str]) -> None:
+        self.root = root
+        self._paths = paths
+        self._texts = dict(known)
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._texts:
+            if name not in self._paths:
+                raise KeyError(name)
+            # errors="replace": a file mangled on disk is drift to restore, not a failure.
+            self._texts[name] = (self.root / name).read_text(encoding="utf-8", errors="replace")
+        return self._texts[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths)
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+
+def _unchanged(root: Path, state: State, new: Mapping[str, str]) -> dict[str, str]:
+    """The files of the new tree that are on disk as applied (same size and mtime as apply
+    wrote them) with the digest the new tree's manifest gives them."""
+    found = {}
+    for organization, manifest in state.applied.items():
+        fresh = json.loads(new.get(f"{organization}/manifest.json", "{}")).get("artifacts", {})
+        for name, digest in manifest.get("artifacts", {}).items():
+            path = f"{organization}/{name}"
+            recorded = state.fingerprints.get(path)
+            if recorded is None or fresh.get(name) != digest or path not in new:
+                continue
+            with contextlib.suppress(OSError):
+                stat = (root / path).stat()
+                if [stat.st_size, stat.st_mtime_ns] == recorded:
+                    found[path] = new[path]
+    return found
+
+
+def fingerprints(root: Path, names: Iterable[str]) -> dict[str, list[int]]:
+    return {n: [(s := (root / n).stat()).st_size, s.st_mtime_ns] for n in sorted(names)}
 
 
 class StateDir:
@@ -149,17 +205,15 @@ class StateDir:
         text = json.dumps(state.as_json(), indent=2, sort_keys=True) + "\n"
         write_atomic(self.state_file, text.encode())
 
-    def applied_files(self, state: State) -> dict[str, str]:
-        """The applied artifact tree as on disk now (drift included): path -> text."""
+    def applied_files(self, state: State, new: Mapping[str, str] | None = None) -> AppliedTree:
+        """The applied artifact tree as on disk now (drift included): path -> text. Given the
+        `new` tree, a file still as applied whose applied digest is the new one's is not read:
+        its text is the new tree's, byte for byte."""
         root = self.artifacts(state.serial)
         if state.serial == 0 or not root.is_dir():
-            return {}
-        # errors="replace": a file mangled on disk is drift to restore, not a reason to fail.
-        return {
-            str(p.relative_to(root)): p.read_text(encoding="utf-8", errors="replace")
-            for p in sorted(root.rglob("*"))
-            if p.is_file()
-        }
+            return AppliedTree(root, [], {})
+        paths = [str(p.relative_to(root)) for p in sorted(root.rglob("*")) if p.is_file()]
+        return AppliedTree(root, paths, _unchanged(root, state, new or {}))
 
     @contextmanager
     def locked(self, timeout: float = 0.0) -> Iterator[None]:
