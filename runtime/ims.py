@@ -18,6 +18,7 @@ import email.header
 import email.parser
 import email.policy
 import email.utils
+import inspect
 import ipaddress
 import json
 import random
@@ -71,6 +72,11 @@ _PARSE_ERRORS = (
 
 class InboundHandler:
     """aiosmtpd's handler: the policy of the IMS's SMTP server."""
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd looks for its hooks with dir() and inspect.getmembers() on every connection,
+        # reading every attribute; the hook names are all it needs.
+        return _HANDLER_NAMES
 
     def __init__(self, mta: Mta, settings: dict[str, Any], accounts: Pop3Accounts) -> None:
         self.mta = mta
@@ -156,6 +162,13 @@ class InboundHandler:
         # handled=False: aiosmtpd answers a failure with 535 5.7.8 (by default it sends nothing).
         valid = self.accounts.verify_now(user, password) is not None
         return AuthResult(success=valid, handled=False)
+
+
+_HANDLER_NAMES = [name for name in dir(InboundHandler) if name.startswith(("handle_", "auth_"))]
+# aiosmtpd also reads handle_EHLO's signature on every connection; one made once is used as is.
+setattr(  # noqa: B010 - a function attribute mypy does not know
+    InboundHandler.handle_EHLO, "__signature__", inspect.signature(InboundHandler.handle_EHLO)
+)
 
 
 def _peer(session: Session) -> str:
