@@ -184,8 +184,7 @@ def from_rfc5322(data: bytes, sender: str, recipients: list[str]) -> InternalMes
     reverse-path, and a recipient of the envelope the header does not name is a Bcc."""
     null_sender = sender in ("", "<>")
     try:
-        mail = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
-        message = _from_mail(mail, "" if null_sender else sender, recipients)
+        message = _from_mail(parse_message(data), "" if null_sender else sender, recipients)
     except _PARSE_ERRORS:
         # Too broken for the email package; the bytes still travel, which is what is served.
         message = InternalMessage(
@@ -197,6 +196,30 @@ def from_rfc5322(data: bytes, sender: str, recipients: list[str]) -> InternalMes
         )
     # RFC 5321 §4.5.5: mail from the null reverse-path is a notification; none is sent about it.
     return replace(message, rfc5322=data, extra={REPORT_FLAG: True} if null_sender else {})
+
+
+def parse_message(data: bytes) -> EmailMessage:
+    """The message as the email package parses it (policy.default). The package feeds a body
+    through its parser a line at a time, which costs more than the rest of the conversion; a
+    message that is one part (most mail) has only its header parsed, and gets its body as the
+    parser would have set it: the rest of the bytes, as ASCII with surrogate escapes."""
+    parser = email.parser.BytesParser(policy=email.policy.default)
+    header, separator, body = _split_header(data)
+    if separator:
+        mail = parser.parsebytes(header + separator)
+        if not mail.defects and mail.get_content_maintype() not in ("multipart", "message"):
+            mail.set_payload(body.decode("ascii", "surrogateescape"))
+            return mail
+    return parser.parsebytes(data)
+
+
+def _split_header(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """Header, the blank line after it, body; ("", "", "") when the header never ends or is
+    empty (then the first line is the blank one, which the search below would not find)."""
+    end = _HEADER_END.search(data)
+    if end is None or data.startswith((b"\n", b"\r\n")):
+        return b"", b"", b""
+    return data[: end.start()], data[end.start() : end.end()], data[end.end() :]
 
 
 def _from_mail(mail: EmailMessage, sender: str, envelope: list[str]) -> InternalMessage:

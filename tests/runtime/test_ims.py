@@ -44,6 +44,7 @@ from mailwright.runtime.ims import (
     InboundHandler,
     Outbound,
     from_rfc5322,
+    parse_message,
     smtp_server,
 )
 from mailwright.runtime.message import Address, Attachment, InternalMessage, Recipient, new_message
@@ -1238,6 +1239,33 @@ def broken_messages(draw: st.DrawFn) -> bytes:
         )
     )
     return header + b"\r\n" + body
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(broken_messages() | st.binary(max_size=300), internal_messages())
+def test_parsing_only_the_header_of_a_one_part_message_changes_nothing(
+    raw: bytes, message: InternalMessage
+) -> None:
+    for data in (raw, to_rfc5322(message)):
+        whole = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+        assert _reading(parse_message(data)) == _reading(whole)
+
+
+def _reading(mail: EmailMessage) -> list[object]:
+    """What can be read of a parsed message, or which exception reading it raises."""
+    readings: list[object] = []
+    for read in (
+        lambda: list(mail.raw_items()),
+        lambda: [type(d) for d in mail.defects],
+        mail.get_content_type,
+        lambda: mail.get_payload(decode=True),
+        mail.as_bytes,
+    ):
+        try:
+            readings.append(read())
+        except Exception as exc:  # the same failure is the same reading
+            readings.append(type(exc))
+    return readings
 
 
 @settings(max_examples=500, deadline=None)
