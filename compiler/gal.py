@@ -37,11 +37,10 @@ class GalEntry:
 _TYPE_NAMES = {t: t.value for t in AddressType}
 
 
-def _record(entry: dict[str, Any], proxies: tuple[ProxyAddress, ...]) -> dict[str, Any]:
-    """`entry` with the proxies: primaries by type, secondaries as `type:address`."""
-    entry["primary"] = {_TYPE_NAMES[kind]: a for kind, a, primary in proxies if primary}
-    entry["secondary"] = [str(p) for p in proxies if not p.primary]
-    return entry
+def _add_proxies(record: dict[str, Any], proxies: tuple[ProxyAddress, ...]) -> None:
+    """Primaries by type, secondaries as `type:address`."""
+    record["primary"] = {_TYPE_NAMES[kind]: a for kind, a, primary in proxies if primary}
+    record["secondary"] = [str(p) for p in proxies if not p.primary]
 
 
 @dataclass(frozen=True)
@@ -82,40 +81,32 @@ def recipient_line(record: dict[str, Any]) -> str:
 
 
 def build_gal(loaded: LoadedSpec) -> Gal:
-    homes = {s.name.casefold(): (site, s) for site in loaded.spec.sites for s in site.servers}
-    inherited = {}
-    for name, (site, server) in homes.items():
-        settings = server_pop3(site, server)
-        inherited[name] = (settings, settings.model_dump(mode="json"))
+    # Per home server, once: its site, and the POP3 settings its mailboxes inherit (as JSON
+    # data too, shared by all of them).
+    homes = {}
+    for site in loaded.spec.sites:
+        for server in site.servers:
+            settings = server_pop3(site, server)
+            protocols = {"pop3": settings.model_dump(mode="json")}
+            homes[server.name.casefold()] = (site, server, settings, protocols)
     entries = []
     for mailbox, proxies in zip(loaded.mailboxes, loaded.proxies, strict=True):
-        site, server = homes[mailbox.home_server.casefold()]
-        overrides = mailbox.protocols.pop3
-        if overrides.model_fields_set:
+        site, server, pop3, protocols = homes[mailbox.home_server.casefold()]
+        if (overrides := mailbox.protocols.pop3).model_fields_set:
             pop3 = effective_pop3(site, server, overrides)
-            pop3_record = pop3.model_dump(mode="json")
-        else:
-            pop3, pop3_record = inherited[server.name.casefold()]
-        site_name, display = site.name, mailbox.display
+            protocols = {"pop3": pop3.model_dump(mode="json")}
+        alias, display = mailbox.alias, mailbox.display
         record = {
-            "alias": mailbox.alias,
+            "alias": alias,
             "display_name": display,
-            "site": site_name,
+            "site": site.name,
             "home_server": server.name,
-            "protocols": {"pop3": pop3_record},
+            "protocols": protocols,
             "size_limit": mailbox.size_limit,
         }
+        _add_proxies(record, proxies)
         entries.append(
-            GalEntry(
-                mailbox.alias,
-                display,
-                site_name,
-                server.name,
-                proxies,
-                pop3,
-                mailbox,
-                _record(record, proxies),
-            )
+            GalEntry(alias, display, site.name, server.name, proxies, pop3, mailbox, record)
         )
     entries.sort(key=lambda e: e.alias.casefold())
     return Gal(loaded.name, tuple(entries))
