@@ -214,11 +214,15 @@ def parse_message(data: bytes) -> EmailMessage:
 
 
 def _split_header(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """Header, the blank line after it, body; ("", "", "") when the header never ends or is
-    empty (then the first line is the blank one, which the search below would not find)."""
+    """Header, the blank line after it, body; ("", "", "") when the header never ends, is
+    empty (then the first line is the blank one, which the search below would not find), or
+    holds a bare CR."""
     end = _HEADER_END.search(data)
     if end is None or data.startswith((b"\n", b"\r\n")):
         return b"", b"", b""
+    head = data[: end.end()]
+    if head.count(b"\r") != head.count(b"\r\n"):
+        return b"", b"", b""  # the email package ends a line at a bare CR too
     return data[: end.start()], data[end.start() : end.end()], data[end.end() :]
 
 
