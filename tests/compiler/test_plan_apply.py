@@ -652,6 +652,22 @@ def test_drift_is_shown_and_restored(seed: Workspace) -> None:
     ok(seed.plan("--expect-no-changes"))
 
 
+def test_an_artifact_touched_but_not_changed_is_no_drift(seed: Workspace) -> None:
+    """The state's fingerprints (size, mtime) spare a plan reading what is as applied; a file
+    whose mtime moved is read and compared, and is drift only if its bytes differ."""
+    state = json.loads((seed.state / "state.json").read_text())
+    applied = seed.state / "artifacts" / "1"
+    files = {str(p.relative_to(applied)) for p in applied.rglob("*") if p.is_file()}
+    assert set(state["fingerprints"]) == files
+    gal = applied / "Minasi" / "gal.json"
+    os.utime(gal, ns=(gal.stat().st_atime_ns, gal.stat().st_mtime_ns + 10**9))
+    ok(seed.plan("--expect-no-changes"))
+    text = gal.read_text()
+    gal.write_text(text.replace('"Mark Minasi"', '"Mark Minasj"'))  # the same size
+    assert gal.stat().st_size == len(text.encode())
+    assert "  ! Minasi/gal.json (modified)\n" in ok(seed.plan("--expect-no-changes"), 2)
+
+
 def test_drift_into_unparseable_files_is_restored(seed: Workspace) -> None:
     applied = seed.state / "artifacts" / "1" / "DCNW"
     originals = {p: (applied / p).read_bytes() for p in ("gal.json", "gwart.txt")}
