@@ -25,6 +25,7 @@ class _Job:
     work: Callable[[], Any]
     folder: Path
     future: asyncio.Future[Any]
+    then: Callable[[Any], None] | None = None  # given the result, once `folder` is durable
     result: Any = None
     error: BaseException | None = None
 
@@ -35,13 +36,15 @@ class GroupCommit:
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    async def run(self, work: Callable[[], T], folder: Path) -> T:
+    async def run(
+        self, work: Callable[[], T], folder: Path, then: Callable[[T], None] | None = None
+    ) -> T:
         """`work()` (which writes and fsyncs its file and renames it into `folder`, or appends
         to the file `folder`) in the commit thread; returns its result once `folder` was
-        fsynced after it."""
+        fsynced after it, and `then(result)` ran there (what may only follow durability)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._ready:
-            self._pending.append(_Job(work, folder, future))
+            self._pending.append(_Job(work, folder, future, then))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="commit", daemon=True)
                 self._thread.start()
@@ -70,6 +73,12 @@ def _commit(batch: list[_Job]) -> None:
             for job in batch:
                 if job.folder == folder and job.error is None:
                     job.error = exc
+    for job in batch:
+        if job.then is not None and job.error is None:
+            try:
+                job.then(job.result)
+            except Exception as exc:  # the caller's own failure, raised in the caller
+                job.error = exc
     for loop in {job.future.get_loop() for job in batch}:
         mine = [job for job in batch if job.future.get_loop() is loop]
         try:

@@ -8,6 +8,7 @@ On start the MTA reads every entry back and resumes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import uuid
@@ -19,9 +20,16 @@ import cbor2
 
 from mailwright.runtime.commit import COMMIT
 from mailwright.runtime.message import Address, InternalMessage, decode, encode
-from mailwright.runtime.store import fsync_dir, message_uid
+from mailwright.runtime.store import (
+    fsync_dir,
+    message_uid,
+    overwrite_file,
+    read_file,
+    write_new_file,
+)
 
 QUEUE_FORMAT_VERSION = 1
+BLANKS_KEPT = 4096
 
 
 @dataclass(frozen=True)
@@ -54,12 +62,15 @@ class QueueEntry:
 class MessageQueue:
     def __init__(self, root: Path) -> None:
         self.root = root
-        # Files of removed entries, kept to be written again: on ext4 every file created
-        # after many deletions searches past the recently deleted inodes (measured: an eighth
-        # of the host's CPU under load), and reusing a file creates none.
+        # The files of removed entries, kept (up to BLANKS_KEPT) to be written again: on ext4,
+        # files created after many deletions search past the deleted inodes (measured: an
+        # eighth of a host's CPU under load); an entry written into a blank creates none. The
+        # pool is shared by the processes of one host (its IMS workers queue, it removes).
         self.blanks = root / "blank"
         self.blanks.mkdir(parents=True, exist_ok=True)
-        self._blanks = [entry.name for entry in os.scandir(self.blanks)]
+        self._pool: list[str] = []
+        self._looked = -1.0  # when blank/ was last listed (time.monotonic)
+        self._look(0.0)
 
     def path(self, entry_id: str) -> Path:
         return self.root / f"{entry_id}.msg"
@@ -99,34 +110,41 @@ class MessageQueue:
     def _stage(self, entry: QueueEntry) -> None:
         """The entry's file written, fsynced and renamed into place; durable once the folder
         is fsynced too."""
-        temp = self._blank(f".{entry.id}.{uuid.uuid4().hex}.tmp")  # writers never share one
-        with open(temp, "r+b") as handle:
-            handle.write(_encode(entry))
-            handle.truncate()
-            handle.flush()
-            os.fsync(handle.fileno())
+        temp = f"{self.root}/.{entry.id}.{uuid.uuid4().hex}.tmp"  # writers never share one
+        if self._take_blank(temp):
+            overwrite_file(temp, _encode(entry))
+        else:
+            write_new_file(temp, _encode(entry))
         os.replace(temp, self.path(entry.id))
 
     def _unstage(self, entry: QueueEntry) -> None:
-        blank = uuid.uuid4().hex
-        try:
+        if len(self._pool) >= BLANKS_KEPT:
+            self._look(1.0)  # others may have taken some
+        with contextlib.suppress(FileNotFoundError):
+            if len(self._pool) >= BLANKS_KEPT:
+                os.unlink(self.path(entry.id))
+                return
+            blank = uuid.uuid4().hex
             os.rename(self.path(entry.id), self.blanks / blank)
-        except FileNotFoundError:
-            return
-        self._blanks.append(blank)
+            self._pool.append(blank)
 
-    def _blank(self, name: str) -> Path:
-        """A file to write an entry into, named `name`: a blank if one is left, else a new one.
-        (Another process sharing the queue may have taken a blank first: then the next.)"""
-        temp = self.root / name
-        while self._blanks:
-            try:
-                os.rename(self.blanks / self._blanks.pop(), temp)
-                return temp
-            except FileNotFoundError:
-                continue
-        temp.touch()
-        return temp
+    def _take_blank(self, temp: str) -> bool:
+        """Rename a blank to `temp`; False when there is none (another process may have taken
+        a listed one first: then the next)."""
+        if not self._pool:
+            self._look(0.2)
+        while self._pool:
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.blanks / self._pool.pop(), temp)
+                return True
+        return False
+
+    def _look(self, interval: float) -> None:
+        """List blank/ again, unless it was listed less than `interval` seconds ago."""
+        now = time.monotonic()
+        if now - self._looked >= interval:
+            self._pool = [entry.name for entry in os.scandir(self.blanks)]
+            self._looked = now
 
     def read(self, entry_id: str) -> QueueEntry | None:
         """One queued entry, or None when it is not (or no longer) queued."""
@@ -169,7 +187,7 @@ def _encode(entry: QueueEntry) -> bytes:
 
 
 def _read(path: Path) -> QueueEntry:
-    document = cbor2.loads(path.read_bytes())
+    document = cbor2.loads(read_file(str(path)))
     pending = tuple(
         PendingRecipient(
             Address(p["addr"], p["name"], p["type"]), p["attempts"], p["next"], p["error"]
