@@ -1,0 +1,71 @@
+"""The MTA's queue on disk: entries survive a new reader, and removed entries' files are a
+bounded pool that every process of the host reuses."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from mailwright.runtime import queue as queue_module
+from mailwright.runtime.message import Address, InternalMessage, Recipient
+from mailwright.runtime.queue import MessageQueue, QueueEntry
+
+
+def _entry(n: int) -> QueueEntry:
+    message = InternalMessage(
+        message_id=f"<{n}@example.org>",
+        sender=Address("a@example.org"),
+        recipients=(Recipient(Address("b@example.org"), "to"),),
+        subject=f"entry {n}",
+        submit_time=datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        body_text="x" * 2000,
+    )
+    return QueueEntry.new(message, [Address("b@example.org")], "test")
+
+
+def _inodes(folder: Path) -> set[int]:
+    return {p.stat().st_ino for p in folder.iterdir() if p.is_file()}
+
+
+def test_another_process_reuses_what_one_removed(tmp_path: Path) -> None:
+    host, worker = MessageQueue(tmp_path), MessageQueue(tmp_path)  # two processes' views
+    entries = [_entry(n) for n in range(5)]
+    for entry in entries:
+        assert worker.put(entry)
+    assert {e.id for e in host.entries()} == {e.id for e in entries}
+    for entry in entries:
+        host.remove(entry)
+    blanks = _inodes(host.blanks)
+    assert len(blanks) == 5 and not host.entries()
+    again = [_entry(n) for n in range(5, 10)]
+    time.sleep(0.3)  # a process lists blank/ again at most every 0.2 s
+    for entry in again:
+        worker.put(entry)
+    assert {host.path(e.id).stat().st_ino for e in again} == blanks
+    assert not any(host.blanks.iterdir())
+    assert sorted(e.message.subject for e in host.entries()) == [f"entry {n}" for n in range(5, 10)]
+
+
+def test_the_pool_of_blanks_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(queue_module, "BLANKS_KEPT", 3)
+    queue = MessageQueue(tmp_path)
+    entries = [_entry(n) for n in range(8)]
+    for entry in entries:
+        queue.put(entry)
+    for entry in entries:
+        queue.remove(entry)
+    assert len(os.listdir(queue.blanks)) == 3
+    assert not queue.entries()
+    for entry in entries:
+        assert queue.put(entry)  # the same ids again: not duplicates, they were removed
+    assert len(queue.entries()) == 8
+    assert stat_modes(tmp_path) == {0o600}
+
+
+def stat_modes(folder: Path) -> set[int]:
+    """Queue files hold mail: readable by their owner only."""
+    return {p.stat().st_mode & 0o777 for p in folder.glob("*.msg")}
