@@ -526,7 +526,7 @@ class Outbound:
             if pending.address not in finished
         )
         if not remaining:
-            await self.outbox.remove_soon(entry)
+            self.outbox.remove(entry)
         else:  # one atomic replace (temporary file, fsync, rename, fsync of the folder)
             await self.outbox.write_soon(replace(entry, pending=remaining))
 

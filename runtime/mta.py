@@ -322,7 +322,7 @@ class Mta:
                 )
             remaining.append(pending)
         if not remaining:
-            await self.queue.remove_soon(entry)
+            self.queue.remove(entry)
             self._queued.pop(entry.id, None)
         elif tuple(remaining) != entry.pending:
             rewritten = replace(entry, pending=tuple(remaining))

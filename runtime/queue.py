@@ -87,19 +87,18 @@ class MessageQueue:
         fsync_dir(self.root)
 
     def remove(self, entry: QueueEntry) -> None:
+        """Not fsynced, and so not handed to the commit thread: a removal that a power loss
+        undoes only hands the entry over once more, and every taker de-duplicates it (the
+        store by message id, a peer MTA by entry id). A process that dies keeps it done."""
         self._unstage(entry)
-        fsync_dir(self.root)
 
-    # The same three for the event loop, through the group commit (one folder fsync a batch).
+    # The first two for the event loop, through the group commit (one folder fsync a batch).
 
     async def put_soon(self, entry: QueueEntry) -> bool:
         return await COMMIT.run(lambda: self._stage_new(entry), self.root)
 
     async def write_soon(self, entry: QueueEntry) -> None:
         await COMMIT.run(lambda: self._stage(entry), self.root)
-
-    async def remove_soon(self, entry: QueueEntry) -> None:
-        await COMMIT.run(lambda: self._unstage(entry), self.root)
 
     def _stage_new(self, entry: QueueEntry) -> bool:
         if self.path(entry.id).exists():
