@@ -18,7 +18,7 @@ from typing import Any
 
 import cbor2
 
-from mailwright.runtime.commit import COMMIT
+from mailwright.runtime.commit import COMMIT, FILES_NEED_FSYNC
 from mailwright.runtime.message import Address, InternalMessage, decode, encode
 from mailwright.runtime.store import (
     fsync_dir,
@@ -77,13 +77,14 @@ class MessageQueue:
 
     def put(self, entry: QueueEntry) -> bool:
         """Durably queue `entry`; False when the same message is queued already (a redelivery)."""
-        fresh = self._stage_new(entry)
-        fsync_dir(self.root)
-        return fresh
+        if self.path(entry.id).exists():
+            return False
+        self.write(entry)
+        return True
 
     def write(self, entry: QueueEntry) -> None:
         """Write `entry` in place of its older version, if any, atomically and durably."""
-        self._stage(entry)
+        self._publish(entry, self._write(entry, sync=True))
         fsync_dir(self.root)
 
     def remove(self, entry: QueueEntry) -> None:
@@ -92,28 +93,31 @@ class MessageQueue:
         store by message id, a peer MTA by entry id). A process that dies keeps it done."""
         self._unstage(entry)
 
-    # The first two for the event loop, through the group commit (one folder fsync a batch).
+    # The first two for the event loop, through the group commit.
 
     async def put_soon(self, entry: QueueEntry) -> bool:
-        return await COMMIT.run(lambda: self._stage_new(entry), self.root)
-
-    async def write_soon(self, entry: QueueEntry) -> None:
-        await COMMIT.run(lambda: self._stage(entry), self.root)
-
-    def _stage_new(self, entry: QueueEntry) -> bool:
         if self.path(entry.id).exists():
             return False
-        self._stage(entry)
+        await self.write_soon(entry)
         return True
 
-    def _stage(self, entry: QueueEntry) -> None:
-        """The entry's file written, fsynced and renamed into place; durable once the folder
-        is fsynced too."""
+    async def write_soon(self, entry: QueueEntry) -> None:
+        await COMMIT.run(
+            lambda: self._write(entry, sync=FILES_NEED_FSYNC),
+            self.root,
+            lambda temp: self._publish(entry, temp),
+        )
+
+    def _write(self, entry: QueueEntry, *, sync: bool) -> str:
+        """The entry's file under a temporary name (a blank's, if one is left)."""
         temp = f"{self.root}/.{entry.id}.{uuid.uuid4().hex}.tmp"  # writers never share one
         if self._take_blank(temp):
-            overwrite_file(temp, _encode(entry))
+            overwrite_file(temp, _encode(entry), sync=sync)
         else:
-            write_new_file(temp, _encode(entry))
+            write_new_file(temp, _encode(entry), sync=sync)
+        return temp
+
+    def _publish(self, entry: QueueEntry, temp: str) -> None:
         os.replace(temp, self.path(entry.id))
 
     def _unstage(self, entry: QueueEntry) -> None:

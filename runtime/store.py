@@ -15,16 +15,17 @@ Maildir readers expect, and POP3 serves them with CRLF (RFC 1939 §3).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailwright.runtime.commit import COMMIT
+from mailwright.runtime.commit import COMMIT, FILES_NEED_FSYNC
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.message import InternalMessage
 
@@ -54,25 +55,28 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_new_file(path: str, data: bytes) -> None:
-    """A new file with `data`, fsynced. Plain descriptors: Python's file objects add a seek,
-    a terminal check and a stat to every open, and the queue and the store open one a message."""
-    _write(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), data)
+def write_new_file(path: str, data: bytes, *, sync: bool = True) -> None:
+    """A new file with `data`, fsynced unless the caller's group commit makes it durable.
+    Plain descriptors: Python's file objects add a seek, a terminal check and a stat to every
+    open, and the queue and the store open one a message."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    _write(os.open(path, flags, 0o600), data, sync=sync)
 
 
-def overwrite_file(path: str, data: bytes) -> None:
-    """An existing file's content replaced by `data`, in place (its inode kept), fsynced."""
-    _write(os.open(path, os.O_WRONLY | os.O_CLOEXEC), data, truncate=True)
+def overwrite_file(path: str, data: bytes, *, sync: bool = True) -> None:
+    """An existing file's content replaced by `data`, in place (its inode kept)."""
+    _write(os.open(path, os.O_WRONLY | os.O_CLOEXEC), data, sync=sync, truncate=True)
 
 
-def _write(fd: int, data: bytes, *, truncate: bool = False) -> None:
+def _write(fd: int, data: bytes, *, sync: bool, truncate: bool = False) -> None:
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
         if truncate:
             os.ftruncate(fd, len(data))
-        os.fsync(fd)
+        if sync:
+            os.fsync(fd)
     finally:
         os.close(fd)
 
@@ -117,28 +121,46 @@ class Mailbox:
 
     def deliver(self, message_id: str, data: bytes) -> bool:
         """Store one message durably; False when this id was delivered here before."""
-        uid = self._stage(message_id, data)
-        if uid is None:
-            return False
-        fsync_dir(self.maildir / "new")
-        self._record(uid)
+        with self._unmarked_on_failure(message_id):
+            staged = self._write(message_id, data, sync=True)
+            if staged is None:
+                return False
+            os.rename(*staged[1:])
+            fsync_dir(self.maildir / "new")
+        self._record(staged[0])
         return True
 
     async def deliver_soon(self, message_id: str, render: Callable[[], bytes]) -> bool:
-        """`deliver` through the group commit, for the event loop: a burst of deliveries shares
-        one fsync of new/ (rendering, `render()`, is part of the work). The id is logged once
-        the message is durable in new/, as `deliver` does, but not fsynced: a log line lost in
-        a crash is made again from the Maildir when the mailbox is next opened (_prepare)."""
-        uid = await COMMIT.run(
-            lambda: self._stage(message_id, render()),
-            self.maildir / "new",
-            then=lambda uid: None if uid is None else self._record(uid, sync=False),
-        )
-        return uid is not None
+        """`deliver` through the group commit, for the event loop (rendering, `render()`, is
+        part of the work). The id is logged once the message is durable in new/, as `deliver`
+        does, but not fsynced: a log line lost in a crash is made again from the Maildir when
+        the mailbox is next opened (_prepare)."""
+        with self._unmarked_on_failure(message_id):
+            staged = await COMMIT.run(
+                lambda: self._write(message_id, render(), sync=FILES_NEED_FSYNC),
+                self.maildir / "new",
+                lambda staged: None if staged is None else os.rename(*staged[1:]),
+            )
+        if staged is None:
+            return False
+        self._record(staged[0], sync=False)
+        return True
 
-    def _stage(self, message_id: str, data: bytes) -> str | None:
-        """The message written, fsynced and renamed into new/ (durable once new/ is fsynced);
-        its uid, or None when this id was delivered here before."""
+    @contextlib.contextmanager
+    def _unmarked_on_failure(self, message_id: str) -> Iterator[None]:
+        """_write marks the id delivered at once (a second delivery meanwhile is a duplicate);
+        if the message does not then become durable in new/, it is not delivered after all."""
+        try:
+            yield
+        except BaseException:
+            with self._lock:
+                if self._delivered is not None:
+                    self._delivered.discard(message_uid(message_id))
+            raise
+
+    def _write(self, message_id: str, data: bytes, *, sync: bool) -> tuple[str, str, str] | None:
+        """The message written into tmp/: (uid, that file, its name in new/); None when this id
+        was delivered here before."""
         with self._lock:
             delivered = self._prepare()
             uid = message_uid(message_id)
@@ -153,10 +175,9 @@ class Mailbox:
             wire_size = len(body) + body.count(b"\n") + (2 if body[-1:] not in (b"", b"\n") else 0)
             name = f"{time.time_ns()}.{uid}.mailwright,S={len(body)},W={wire_size}"
             temp = f"{self.maildir}/tmp/{name}"
-            write_new_file(temp, body)
-            os.rename(temp, f"{self.maildir}/new/{name}")
+            write_new_file(temp, body, sync=sync)
             delivered.add(uid)  # a second delivery of the id from now on is a duplicate
-            return uid
+            return uid, temp, f"{self.maildir}/new/{name}"
 
     def delete(self, messages: list[StoredMessage]) -> None:
         """Remove messages for good (POP3's UPDATE state); their ids stay delivered."""
