@@ -25,7 +25,13 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_SYNCFS: Any = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+# syncfs flushes whatever else is dirty on the file system too: where the state directory
+# shares one with heavy writers of other data, MAILWRIGHT_SYNC=fsync keeps to fsync.
+_SYNCFS: Any = (
+    None
+    if os.environ.get("MAILWRIGHT_SYNC") == "fsync"
+    else getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+)
 FILES_NEED_FSYNC = _SYNCFS is None
 
 
