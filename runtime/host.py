@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         asyncio.run(serve(args.config, args.state, args.bind, ports))
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -9,9 +9,9 @@ policy and queues accepted mail durably into the host's queue, exactly as the ho
 then writes `queued <entry id>` on stdout; the host's MTA adopts the entry and delivers it.
 
 A worker exits when its stdin closes (the host is gone, even killed) or on SIGTERM, and
-re-reads the GAL on SIGHUP as the host does. When a worker dies the host adopts whatever is
-queued on disk (an entry queued and acknowledged just before may never have been announced)
-and starts another.
+re-reads the GAL and the GWART on SIGHUP as the host does. When a worker dies the host adopts
+whatever is queued on disk (an entry queued and acknowledged just before may never have been
+announced) and starts another.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def worker_count() -> int:
     """MAILWRIGHT_IMS_WORKERS, else one a CPU (up to 4); 0 (SMTP in the host) on one CPU."""
     configured = os.environ.get(WORKERS_ENV, "auto")
     if configured != "auto":
-        return max(0, int(configured))
+        if not configured.isdigit():
+            raise ValueError(f"{WORKERS_ENV}={configured!r}: a number of processes, or auto")
+        return int(configured)
     cpus = os.cpu_count() or 1
     return min(cpus, 4) if cpus > 1 else 0
 

@@ -121,8 +121,12 @@ def test_a_worker_killed_mid_burst_loses_no_acknowledged_message(
     def delivered() -> list[str]:
         return _ids(maildir_messages(arlington.state, "arlington", "mark"))
 
-    wait_until(lambda: len(delivered()) >= len(expected), 30, "every acknowledged message")
-    assert delivered() == expected  # each exactly once
+    wait_until(lambda: set(expected) <= set(delivered()), 30, "every acknowledged message")
+    got = delivered()
+    assert len(got) == len(set(got))  # none twice
+    # The one in flight when the worker died (the burst sends one at a time) may have been
+    # queued but never acknowledged: delivered (its sender would send it again), or not.
+    assert len(set(got) - set(expected)) <= 1
     wait_until(lambda: len(arlington.workers()) == WORKERS, 20, "a replacement worker")
     assert victim not in arlington.workers()
     with smtplib.SMTP(*arlington.address, timeout=10) as client:
