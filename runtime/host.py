@@ -93,7 +93,7 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
         ims = config["ims"]
         address = (bind, ports["smtp"])
         inbound = await SmtpInbound.start(
-            mta, accounts, config=config_path, state=state, address=address
+            mta, accounts, config, config_path=config_path, state=state, address=address
         )
         if ims["transfer_mode"] in ("inbound_and_outbound", "outbound_only"):
             outbound = Outbound(
@@ -149,18 +149,18 @@ class SmtpInbound:
         cls,
         mta: Mta,
         accounts: Pop3Accounts,
+        config: dict[str, Any],
         *,
-        config: Path,
+        config_path: Path,
         state: Path,
         address: tuple[str, int],
     ) -> SmtpInbound:
-        settings = json.loads(config.read_text(encoding="utf-8"))
-        context = tls_context(settings, state)  # made here first: workers only read it
+        context = tls_context(config, state)  # made here first: workers only read it
         if count := worker_count():
-            return cls(workers=ImsWorkers.start(mta, config, state, address, count))
-        handler = InboundHandler(mta, settings["ims"], accounts)
+            return cls(workers=ImsWorkers.start(mta, config_path, state, address, count))
+        handler = InboundHandler(mta, config["ims"], accounts)
         server = await asyncio.get_running_loop().create_server(
-            lambda: smtp_server(handler, settings["ims"], context), *address
+            lambda: smtp_server(handler, config["ims"], context), *address
         )
         return cls(server=server)
 

@@ -84,31 +84,31 @@ class Workspace:
             check=False,
         )
 
+    def spawn(self, *args: str, stdin: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+        """`mailwright ARGS` started in the workspace, its output piped; the caller waits."""
+        return subprocess.Popen(
+            [MAILWRIGHT, *args],
+            cwd=self.root,
+            env=environment(),
+            stdin=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
     def plan(self, *args: str) -> subprocess.CompletedProcess[str]:
         return self.run("plan", *self.specs, "--state", "state", *args)
 
     def plans(self, *variants: Sequence[str]) -> list[subprocess.CompletedProcess[str]]:
         """Several read-only `plan` runs at once (each variant: its extra arguments)."""
-        commands = [
-            [MAILWRIGHT, "plan", *self.specs, "--state", "state", *args] for args in variants
-        ]
-        running = [
-            subprocess.Popen(
-                command,
-                cwd=self.root,
-                env=environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for command in commands
-        ]
+        running = [self.spawn("plan", *self.specs, "--state", "state", *a) for a in variants]
         results = []
-        for command, process in zip(commands, running, strict=True):
+        for process in running:
             with process:
                 stdout, stderr = process.communicate(timeout=120)
-            results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+            results.append(
+                subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+            )
         return results
 
     def apply(self, *args: str) -> subprocess.CompletedProcess[str]:
@@ -444,18 +444,11 @@ def test_apply_without_a_terminal_needs_auto_approve(fresh: Workspace) -> None:
 
 
 def test_apply_on_a_terminal_asks_first(fresh: Workspace) -> None:
-    command = [MAILWRIGHT, "apply", *fresh.specs, "--state", "state"]
     for answer, code in (("no", 1), ("yes", 0)):
         primary, secondary = pty.openpty()
         try:
-            with subprocess.Popen(
-                command,
-                cwd=fresh.root,
-                env=environment(),
-                stdin=secondary,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            with fresh.spawn(
+                "apply", *fresh.specs, "--state", "state", stdin=secondary
             ) as applying:
                 os.write(primary, f"{answer}\n".encode())
                 stdout, stderr = applying.communicate(timeout=60)
@@ -489,14 +482,8 @@ def test_a_second_apply_fails_naming_the_holder_or_waits(fresh: Workspace) -> No
             assert "force-unlock" in stderr
             assert not (fresh.state / "state.json").exists()
 
-            with subprocess.Popen(
-                [MAILWRIGHT, "apply", *fresh.specs, "--state", "state", *WAIT_AND_APPROVE],
-                cwd=fresh.root,
-                env=environment(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            with fresh.spawn(
+                "apply", *fresh.specs, "--state", "state", *WAIT_AND_APPROVE
             ) as waiter:
                 time.sleep(1.5)
                 assert waiter.poll() is None  # still waiting for the lock
@@ -512,18 +499,8 @@ def test_a_second_apply_fails_naming_the_holder_or_waits(fresh: Workspace) -> No
 
 
 def test_two_concurrent_applies_apply_once(fresh: Workspace) -> None:
-    command = [MAILWRIGHT, "apply", *fresh.specs, "--state", "state", *WAIT_AND_APPROVE]
     runs = [
-        subprocess.Popen(
-            command,
-            cwd=fresh.root,
-            env=environment(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(2)
+        fresh.spawn("apply", *fresh.specs, "--state", "state", *WAIT_AND_APPROVE) for _ in range(2)
     ]
     outputs = []
     for run in runs:

@@ -25,7 +25,14 @@ from typing import Any, TypeVar
 import argon2
 import pytest
 
-from mailwright.runtime.pop3 import Pop3Account, Pop3Server, Pop3Session, accounts_from_host
+from mailwright.runtime.pop3 import (
+    Pop3Account,
+    Pop3Accounts,
+    Pop3Server,
+    Pop3Session,
+    accounts_from_host,
+)
+from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -194,6 +201,21 @@ def serve(
         return asyncio.run_coroutine_threadsafe(start(server), server_loop).result(TIMEOUT)
 
     return serve
+
+
+@pytest.fixture
+def serve_pop3(
+    fast_accounts: dict[str, Pop3Account],
+    serve: Callable[[Pop3Server], int],
+    server_tls: ssl.SSLContext,
+) -> Callable[[MailStore, bool], int]:
+    """A POP3 server over `store` for the seed's accounts (STLS offered if `tls`); its port."""
+
+    def start(store: MailStore, tls: bool) -> int:
+        accounts = Pop3Accounts(fast_accounts)
+        return serve(Pop3Server(accounts, store, server_tls if tls else None))
+
+    return start
 
 
 @pytest.fixture

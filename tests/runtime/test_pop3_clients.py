@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
 from mailwright.runtime.store import MailStore, message_uid, to_lf
 
 SIMPLE = (
@@ -44,21 +43,14 @@ def store(tmp_path: Path) -> MailStore:
 
 
 @pytest.fixture
-def plain_port(
-    store: MailStore, fast_accounts: dict[str, Pop3Account], serve: Callable[[Pop3Server], int]
-) -> int:
+def plain_port(store: MailStore, serve_pop3: Callable[[MailStore, bool], int]) -> int:
     """A server without TLS: no STLS offered."""
-    return serve(Pop3Server(Pop3Accounts(fast_accounts), store))
+    return serve_pop3(store, False)
 
 
 @pytest.fixture
-def tls_port(
-    store: MailStore,
-    fast_accounts: dict[str, Pop3Account],
-    serve: Callable[[Pop3Server], int],
-    server_tls: ssl.SSLContext,
-) -> int:
-    return serve(Pop3Server(Pop3Accounts(fast_accounts), store, server_tls))
+def tls_port(store: MailStore, serve_pop3: Callable[[MailStore, bool], int]) -> int:
+    return serve_pop3(store, True)
 
 
 @pytest.fixture

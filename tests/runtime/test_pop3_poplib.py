@@ -54,20 +54,13 @@ def store(tmp_path: Path) -> MailStore:
 
 
 @pytest.fixture
-def port(
-    store: MailStore, fast_accounts: dict[str, Pop3Account], serve: Callable[[Pop3Server], int]
-) -> int:
-    return serve(Pop3Server(Pop3Accounts(fast_accounts), store))
+def port(store: MailStore, serve_pop3: Callable[[MailStore, bool], int]) -> int:
+    return serve_pop3(store, False)
 
 
 @pytest.fixture
-def tls_port(
-    store: MailStore,
-    fast_accounts: dict[str, Pop3Account],
-    serve: Callable[[Pop3Server], int],
-    server_tls: ssl.SSLContext,
-) -> int:
-    return serve(Pop3Server(Pop3Accounts(fast_accounts), store, server_tls))
+def tls_port(store: MailStore, serve_pop3: Callable[[MailStore, bool], int]) -> int:
+    return serve_pop3(store, True)
 
 
 def login(connect: Connect, port: int, user: str = "mark") -> poplib.POP3:

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
 from mailwright.runtime.store import MailStore, message_uid
 
 ERR_STATE = b"-ERR command not valid in this state\r\n"
@@ -107,13 +106,8 @@ def store(tmp_path: Path) -> MailStore:
 
 
 @pytest.fixture
-def port(
-    store: MailStore,
-    fast_accounts: dict[str, Pop3Account],
-    serve: Callable[[Pop3Server], int],
-    server_tls: ssl.SSLContext,
-) -> int:
-    return serve(Pop3Server(Pop3Accounts(fast_accounts), store, server_tls))
+def port(store: MailStore, serve_pop3: Callable[[MailStore, bool], int]) -> int:
+    return serve_pop3(store, True)
 
 
 @pytest.fixture
