@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from mailwright.runtime import transfer
 from mailwright.runtime.ims import (
     InboundHandler,
@@ -219,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "smtp": args.smtp_port,
     }
     try:
-        asyncio.run(serve(args.config, args.state, args.bind, ports))
+        uvloop.run(serve(args.config, args.state, args.bind, ports))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -316,7 +316,17 @@ def _attachment(part: EmailMessage) -> Attachment:
     else:
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
-    return Attachment(part.get_filename() or "", part.get_content_type(), data)
+    return Attachment(_filename(part), part.get_content_type(), data)
+
+
+def _filename(part: EmailMessage) -> str:
+    """The attachment's name, as the parsed header's parameters hold it. get_filename() would
+    unquote a second time: a name like `<x>` lost its brackets (email.utils.unquote)."""
+    for header, parameter in (("content-disposition", "filename"), ("content-type", "name")):
+        value = getattr(part[header], "params", {}).get(parameter)
+        if value is not None:
+            return str(value)
+    return ""
 
 
 def _importance(fields: dict[str, list[str]]) -> str:

@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import uvloop
+
 from mailwright.runtime.ims import InboundHandler, smtp_server
 from mailwright.runtime.mta import Mta
 from mailwright.runtime.pop3 import Pop3Accounts, accounts_from_host
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True, help="the state directory")
     parser.add_argument("--fd", type=int, required=True, help="the listening SMTP socket")
     args = parser.parse_args(argv)
-    asyncio.run(serve(args.config, args.state, args.fd))
+    uvloop.run(serve(args.config, args.state, args.fd))
     return 0
 
 

@@ -16,7 +16,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any
+from typing import Any, cast
 
 import argon2
 import bcrypt
@@ -175,8 +175,7 @@ class Pop3Session(asyncio.Protocol):
     # --- transport events ------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # a stream transport (uvloop's too)
         peer = transport.get_extra_info("peername")
         self.peer = str(peer[0]) if peer else ""
         self._send(f"+OK mailwright POP3 server version {self.server.version} ready.")

@@ -1192,6 +1192,22 @@ def test_internal_to_rfc5322_and_back_keeps_every_property(message: InternalMess
     assert to_rfc5322(back) == data
 
 
+@pytest.mark.parametrize("filename", ["<>", "<report>.pdf", '"quoted" <name>', "<é>"])
+def test_attachment_names_keep_their_brackets_and_quotes(filename: str) -> None:
+    # Found by the property above: email's get_filename() strips a name's <...> (it unquotes
+    # twice), so "<>" came back as "".
+    message = new_message(
+        Address("jane@dcnw.com", "Jane"),
+        recipients=[Recipient(Address("mark@minasi.com", ""), "to")],
+        subject="names",
+        body="see attached\n",
+        attachments=(Attachment(filename, "application/pdf", b"%PDF"),),
+        domain="dcnw.com",
+    )
+    back = from_rfc5322(to_rfc5322(message), "jane@dcnw.com", ["mark@minasi.com"])
+    assert [a.filename for a in back.attachments] == [filename]
+
+
 _FIELDS = [
     "From",
     "To",
