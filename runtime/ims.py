@@ -35,7 +35,7 @@ from typing import Any, AnyStr
 import dns.asyncresolver
 import dns.exception
 import dns.resolver
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.message import IMPORTANCE, Address, Attachment, InternalMessage, Recipient
@@ -44,6 +44,7 @@ from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report
 from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import PendingRecipient, QueueEntry
 from mailwright.runtime.router import Disposition
+from mailwright.runtime.smtpdata import DataRefusedError, read_data
 from mailwright.schema.addressing import AddressType
 from mailwright.schema.routing import fit
 
@@ -339,7 +340,8 @@ def _importance(fields: dict[str, list[str]]) -> str:
 
 
 class ImsSmtp(SMTP):
-    """aiosmtpd's server with the enhanced status codes (RFC 2034) of its own size refusals."""
+    """aiosmtpd's server with the enhanced status codes (RFC 2034) of its own size refusals,
+    and DATA read in blocks (runtime/smtpdata.py)."""
 
     def __dir__(self) -> list[str]:
         # aiosmtpd finds its command and AUTH methods with dir() and inspect.getmembers() for
@@ -353,6 +355,33 @@ class ImsSmtp(SMTP):
         if plain is None:
             return super()._getaddr(arg)  # anything else exactly as aiosmtpd reads it
         return plain[1], plain[2]
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 - aiosmtpd's name
+        # aiosmtpd's own smtp_DATA, with its line-by-line reading replaced by read_data.
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None and not self._decode_data
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        except DataRefusedError as refused:
+            await self.push(refused.reply)
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            return
+        except asyncio.CancelledError:  # the connection went during DATA, as aiosmtpd does
+            self._writer.close()
+            raise
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: AnyStr) -> None:
         # RFC 3463 §3.4: 5.3.4, message too big for system.

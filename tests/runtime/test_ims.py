@@ -428,6 +428,74 @@ def test_over_size_is_refused_with_552_5_3_4(start_ims: Callable[..., Ims]) -> N
     assert len(ims.queued()) == 1
 
 
+def send_data(smtp: smtplib.SMTP, pieces: list[bytes]) -> None:
+    """MAIL, RCPT and DATA, then the content in `pieces`, each its own TCP segment."""
+    assert smtp.docmd("MAIL", "FROM:<a@example.org>")[0] == 250
+    assert smtp.docmd("RCPT", "TO:<mark@minasi.com>")[0] == 250
+    assert smtp.docmd("DATA")[0] == 354
+    assert smtp.sock is not None
+    smtp.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for piece in pieces:
+        smtp.sock.sendall(piece)
+        time.sleep(0.002)
+
+
+# Dot-stuffed lines (RFC 5321 §4.5.2), an empty line, and a "." after a bare LF, which ends
+# no line and so ends no message.
+_STUFFED = message_bytes("dots", b"..leading dot\r\n\r\n.\n.\r\n...\r\nlast\r\n")
+
+
+@pytest.mark.parametrize("split", [0, 1, 2, 3, 4, 5, 6, 7])
+def test_data_is_taken_as_sent_wherever_the_segments_split_it(
+    start_ims: Callable[..., Ims], split: int
+) -> None:
+    wire = _STUFFED + b".\r\n"
+    cut = len(wire) - split  # a segment boundary inside or just before the end line
+    ims = start_ims()
+    with client(ims.port) as smtp:
+        smtp.ehlo()
+        send_data(smtp, [wire[:cut], *(wire[i : i + 1] for i in range(cut, len(wire)))])
+        assert smtp.getreply()[0] == 250
+        assert smtp.noop()[0] == 250  # in step after DATA
+    (entry,) = ims.queued()
+    assert entry.message.rfc5322 is not None
+    body = b"\r\n.leading dot\r\n\r\n\n.\r\n..\r\nlast\r\n"
+    assert entry.message.rfc5322.endswith(body)
+
+
+def test_an_empty_content_and_the_commands_pipelined_after_it(
+    start_ims: Callable[..., Ims],
+) -> None:
+    ims = start_ims()
+    with client(ims.port) as smtp:
+        smtp.ehlo()
+        # RFC 2920: the client may send RSET and NOOP after the end of the content unasked.
+        send_data(smtp, [b".\r\nRSET\r\nNOOP\r\n"])
+        code = smtp.getreply()[0]
+        assert code in {250, 554}, code  # taken or refused as a message, never out of step
+        assert smtp.getreply() == (250, b"OK")  # RSET
+        assert smtp.getreply()[0] == 250  # NOOP
+        # And a whole message pipelined with what follows it in one segment.
+        send_data(smtp, [_STUFFED + b".\r\nNOOP\r\n"])
+        assert smtp.getreply()[0] == 250
+        assert smtp.getreply()[0] == 250
+    assert len(ims.queued()) == (2 if code == 250 else 1)
+
+
+def test_a_line_over_1000_octets_is_refused_with_500_and_the_session_goes_on(
+    start_ims: Callable[..., Ims],
+) -> None:
+    ims = start_ims()
+    with client(ims.port) as smtp:
+        smtp.ehlo()
+        long_line = b"x" * 3000 + b"\r\n"
+        send_data(smtp, [message_bytes("long", long_line)[:500], long_line, b".\r\n"])
+        code, reply = smtp.getreply()
+        assert (code, reply[:18]) == (500, b"Line too long (see")
+        assert smtp.sendmail("a@example.org", ["mark@minasi.com"], message_bytes("short")) == {}
+    assert len(ims.queued()) == 1
+
+
 def test_a_bounce_from_the_null_reverse_path_is_taken_as_a_report(
     start_ims: Callable[..., Ims],
 ) -> None:
