@@ -406,6 +406,8 @@ def smtp_server(
         tls_context=tls,
         authenticator=handler.authenticate,
         auth_require_tls=True,  # AUTH only after STARTTLS
+        # Given, or aiosmtpd looks it up for every connection under a warnings filter.
+        loop=asyncio.get_running_loop(),
     )
 
 

@@ -45,7 +45,7 @@ def test_another_process_reuses_what_one_removed(tmp_path: Path) -> None:
     time.sleep(0.3)  # a process lists blank/ again at most every 0.2 s
     for entry in again:
         worker.put(entry)
-    assert {host.path(e.id).stat().st_ino for e in again} == blanks
+    assert {os.stat(host.path(e.id)).st_ino for e in again} == blanks
     assert not any(host.blanks.iterdir())
     assert sorted(e.message.subject for e in host.entries()) == [f"entry {n}" for n in range(5, 10)]
 
