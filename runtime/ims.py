@@ -18,6 +18,7 @@ import email.header
 import email.parser
 import email.policy
 import email.utils
+import functools
 import inspect
 import ipaddress
 import json
@@ -55,7 +56,14 @@ _HEADER_END = re.compile(rb"\r?\n\r?\n")
 # RFC 5321 §4.1.2: a Path of a Dot-string local part and a domain of plain labels, then the
 # MAIL/RCPT parameters; what the email package's get_angle_addr makes of the same text.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_PLAIN_PATH = re.compile(rf"\s*<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>\s*(.*)")
+_DOT_ATOM_ADDRESS = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_PLAIN_PATH = re.compile(rf"\s*<({_DOT_ATOM_ADDRESS})>\s*(.*)")
+# RFC 5322 §3.4: a header field of one such address, bare or in <>, after a display name of
+# plain atoms (what most clients write); what email.utils.getaddresses makes of the same text.
+_PHRASE = rf"{_ATOM}(?:[ \t]+{_ATOM})*"
+_PLAIN_MAILBOX = re.compile(
+    rf"[ \t]*(?:(?:({_PHRASE})[ \t]*)?<({_DOT_ATOM_ADDRESS})>|({_DOT_ATOM_ADDRESS}))[ \t]*"
+)
 _ENHANCED_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3463 §2
 # What email.parser and its header and content managers raise for a malformed message.
 _PARSE_ERRORS = (
@@ -87,8 +95,8 @@ class InboundHandler:
         self.inbound = settings["transfer_mode"] in ("inbound_and_outbound", "inbound_only")
         self.accounts = accounts
 
+    @staticmethod  # aiosmtpd reads the hook's signature per connection: see below
     async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
-        self,
         server: SMTP,
         session: Session,
         envelope: Envelope,
@@ -147,7 +155,7 @@ class InboundHandler:
     def _received(self, session: Session) -> bytes:
         # RFC 5321 §4.4: the trace header this hop adds.
         protocol = "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
-        when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC))
+        when = _date_at(int(time.time()))
         return (
             f"Received: from {session.host_name or 'unknown'} ([{_peer(session)}])\r\n"
             f"\tby {self.fqdn} (mailwright IMS) with {protocol};\r\n\t{when}\r\n"
@@ -166,10 +174,17 @@ class InboundHandler:
 
 
 _HANDLER_NAMES = [name for name in dir(InboundHandler) if name.startswith(("handle_", "auth_"))]
-# aiosmtpd also reads handle_EHLO's signature on every connection; one made once is used as is.
+# aiosmtpd also reads handle_EHLO's signature on every connection. A bound method's would be
+# made anew each time; a plain function's (a staticmethod's) that is set is used as it is.
 setattr(  # noqa: B010 - a function attribute mypy does not know
     InboundHandler.handle_EHLO, "__signature__", inspect.signature(InboundHandler.handle_EHLO)
 )
+
+
+@functools.lru_cache(maxsize=1)
+def _date_at(second: int) -> str:
+    """RFC 5322 §3.3's date-time of a second, made once however many messages it stamps."""
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(second, datetime.UTC))
 
 
 def _peer(session: Session) -> str:
@@ -184,19 +199,22 @@ def from_rfc5322(data: bytes, sender: str, recipients: list[str]) -> InternalMes
     `sender` and `recipients` are the envelope's (RFC 5321 MAIL and RCPT): a report goes to the
     reverse-path, and a recipient of the envelope the header does not name is a Bcc."""
     null_sender = sender in ("", "<>")
+    # RFC 5321 §4.5.5: mail from the null reverse-path is a notification; none is sent about it.
+    extra: dict[str, Any] = {REPORT_FLAG: True} if null_sender else {}
     try:
-        message = _from_mail(parse_message(data), "" if null_sender else sender, recipients)
+        mail = parse_message(data)
+        return _from_mail(mail, "" if null_sender else sender, recipients, data, extra)
     except _PARSE_ERRORS:
         # Too broken for the email package; the bytes still travel, which is what is served.
-        message = InternalMessage(
+        return InternalMessage(
             message_id=email.utils.make_msgid(domain="mailwright.invalid"),
             sender=Address(sender),
             recipients=tuple(Recipient(Address(r), "bcc") for r in recipients),
             subject="",
             submit_time=datetime.datetime.now(datetime.UTC),
+            rfc5322=data,
+            extra=extra,
         )
-    # RFC 5321 §4.5.5: mail from the null reverse-path is a notification; none is sent about it.
-    return replace(message, rfc5322=data, extra={REPORT_FLAG: True} if null_sender else {})
 
 
 def parse_message(data: bytes) -> EmailMessage:
@@ -227,7 +245,9 @@ def _split_header(data: bytes) -> tuple[bytes, bytes, bytes]:
     return data[: end.start()], data[end.start() : end.end()], data[end.end() :]
 
 
-def _from_mail(mail: EmailMessage, sender: str, envelope: list[str]) -> InternalMessage:
+def _from_mail(
+    mail: EmailMessage, sender: str, envelope: list[str], data: bytes, extra: dict[str, Any]
+) -> InternalMessage:
     fields = _fields(mail)
     author = _addresses(fields, "from")
     if not sender:
@@ -250,6 +270,8 @@ def _from_mail(mail: EmailMessage, sender: str, envelope: list[str]) -> Internal
         body_html=_text(html) if isinstance(html, EmailMessage) else None,
         attachments=tuple(_attachment(part) for part in mail.iter_attachments()),
         importance=_importance(fields),
+        rfc5322=data,
+        extra=extra,
     )
 
 
@@ -277,9 +299,13 @@ def _unstructured(fields: dict[str, list[str]], field: str) -> str:
 
 
 def _addresses(fields: dict[str, list[str]], field: str) -> list[Address]:
+    values = fields.get(field, [])
+    if len(values) == 1 and (plain := _PLAIN_MAILBOX.fullmatch(values[0])):
+        name, address = " ".join((plain[1] or "").split()), plain[2] or plain[3]
+        return [Address(address, _decoded(name))]
     return [
         Address(address, _decoded(name))
-        for name, address in email.utils.getaddresses(fields.get(field, []))
+        for name, address in email.utils.getaddresses(values)
         if "@" in address
     ]
 

@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import email.parser
 import email.policy
+import email.utils
 import json
 import os
 import poplib
@@ -38,6 +39,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailwright.compiler.build import compile_specs
+from mailwright.runtime import ims as ims_module
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.ims import (
     MAX_RECEIVED,
@@ -1274,6 +1276,32 @@ def test_attachment_names_keep_their_brackets_and_quotes(filename: str) -> None:
     )
     back = from_rfc5322(to_rfc5322(message), "jane@dcnw.com", ["mark@minasi.com"])
     assert [a.filename for a in back.attachments] == [filename]
+
+
+_WORD = st.text("abz09-_=?'", min_size=1, max_size=6)
+_SPACE = st.sampled_from([" ", "  ", "\t", ""])
+
+
+@st.composite
+def address_fields(draw: st.DrawFn) -> str:
+    """From and To values as clients write them, and near misses of the plain forms."""
+    address = f"{'.'.join(draw(st.lists(_WORD, min_size=1, max_size=3)))}@{draw(_WORD)}"
+    name = draw(_SPACE).join(draw(st.lists(_WORD, max_size=3)))
+    form = draw(
+        st.sampled_from(["{a}", "<{a}>", "{n} <{a}>", "{n}<{a}>", '"{n}" <{a}>', "{a}, {a}"])
+    )
+    return draw(_SPACE) + form.format(a=address, n=name) + draw(_SPACE)
+
+
+@settings(max_examples=500, deadline=None)
+@given(address_fields() | st.text(' \tab.<>@",;:()=?', max_size=30))
+def test_a_plain_address_field_reads_as_getaddresses_reads_it(value: str) -> None:
+    slow = [
+        Address(address, ims_module._decoded(name))
+        for name, address in email.utils.getaddresses([value])
+        if "@" in address
+    ]
+    assert ims_module._addresses({"to": [value]}, "to") == slow
 
 
 _FIELDS = [
