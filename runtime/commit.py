@@ -6,6 +6,10 @@ temporary name) and a `publish` (the rename). The thread does a batch's writes, 
 durable, does the batch's publishes, makes those durable, and only then answers every caller:
 each hears back only once its file is durable, under its name.
 
+A caller that finds its whole temporary files again when it next starts (the queue: see
+MessageQueue.recover) says so with `recovered`: it is answered once its data is durable and
+renamed, without the second flush. A power loss can then undo the rename, never the file.
+
 Durable is syncfs(2) of the file system where Linux offers it: one flush for a whole batch,
 where an fsync of each file and of each folder flushes the disk once each (measured: 15% more
 SMTP messages a second). Elsewhere each write fsyncs its file (`FILES_NEED_FSYNC`) and each
@@ -41,6 +45,7 @@ class _Job:
     folder: Path  # where `publish` renames into
     future: asyncio.Future[Any]
     publish: Callable[[Any], None]  # given what `write` returned, once that is durable
+    recovered: bool  # the caller's recovery publishes a durable write: its name may wait
     result: Any = None
     error: BaseException | None = None
 
@@ -51,12 +56,19 @@ class GroupCommit:
         self._ready = threading.Condition()
         self._thread: threading.Thread | None = None
 
-    async def run(self, write: Callable[[], T], folder: Path, publish: Callable[[T], None]) -> T:
+    async def run(
+        self,
+        write: Callable[[], T],
+        folder: Path,
+        publish: Callable[[T], None],
+        *,
+        recovered: bool = False,
+    ) -> T:
         """`write()` then `publish(result)` in the commit thread, as the module says; returns
-        what `write` returned once both are durable."""
+        what `write` returned once both are durable (`recovered`: once the write is)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         with self._ready:
-            self._pending.append(_Job(write, folder, future, publish))
+            self._pending.append(_Job(write, folder, future, publish, recovered))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="commit", daemon=True)
                 self._thread.start()
@@ -87,7 +99,10 @@ def _commit(batch: list[_Job]) -> None:
                 job.publish(job.result)
             except Exception as exc:
                 job.error = exc
-    _durable(batch, folders)
+    # Without syncfs a file's name in its folder is durable only by that folder's fsync.
+    named = [job for job in batch if not job.recovered or _SYNCFS is None]
+    if named:
+        _durable(named, sorted({job.folder for job in named}))
     for loop in {job.future.get_loop() for job in batch}:
         mine = [job for job in batch if job.future.get_loop() is loop]
         try:

@@ -81,10 +81,8 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     services = config["server"]["services"]
-    store = store_for(config, state) if "pop3" in services else None
-    accounts = Pop3Accounts(accounts_from_host(config))
-    router = Router.load(config, config_path.parent.parent)
-    mta = Mta(config, router, state, store, accounts, endpoints_in(state))
+    mta = _mta(config, config_path, state)
+    store, accounts = mta.store, mta.accounts
     listeners = {"transfer": await transfer.serve(mta.handle_frame, bind, ports["transfer"])}
     if store is not None:
         pop3 = pop3_server(config, state, store, accounts)
@@ -137,6 +135,17 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     for listener in listeners.values():
         listener.close()
         await listener.wait_closed()
+
+
+def _mta(config: dict[str, Any], config_path: Path, state: Path) -> Mta:
+    """The host's MTA over its store, its queue recovered before anything is queued."""
+    store = store_for(config, state) if "pop3" in config["server"]["services"] else None
+    accounts = Pop3Accounts(accounts_from_host(config))
+    router = Router.load(config, config_path.parent.parent)
+    mta = Mta(config, router, state, store, accounts, endpoints_in(state))
+    if recovered := mta.recover():
+        print(f"queue: {len(recovered)} entries recovered after a crash", file=sys.stderr)
+    return mta
 
 
 @dataclass

@@ -74,6 +74,11 @@ class Mta:
         # then kept by `accept` and `_settle`, so the MTA never rescans its folder.
         self._queued: dict[str, QueueEntry] = {}
 
+    def recover(self) -> list[str]:
+        """At the host's start, before anything is queued: MessageQueue.recover of the queue
+        and the outbox; the entry ids published again."""
+        return self.queue.recover() + self.outbox.recover()
+
     # --- accepting -----------------------------------------------------------------------------
 
     async def accept(self, message: InternalMessage, recipients: list[Address], source: str) -> str:

@@ -1,9 +1,11 @@
 """The MTA's durable queue: one file per message, written before anyone is told it is taken.
 
-An entry is written to a temporary file, fsynced, renamed into place and the folder fsynced;
-only then is the hand-off acknowledged (to the submitting client, the previous MTA, or through
-the IMS with SMTP 250). Updates (recipients done, retry times) replace the file the same way.
-On start the MTA reads every entry back and resumes.
+An entry is written to a temporary file, made durable and renamed into place; only then is
+the hand-off acknowledged (to the submitting client, the previous MTA, or through the IMS with
+SMTP 250). Updates (recipients done, retry times) replace the file the same way. A power loss
+may undo a rename that was not flushed yet, never the durable file: on start the host first
+publishes every whole temporary entry (`recover`), then the MTA reads every entry back and
+resumes.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import contextlib
 import os
 import time
 import uuid
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -108,7 +111,24 @@ class MessageQueue:
             lambda: self._write(entry, sync=FILES_NEED_FSYNC),
             self.root,
             lambda temp: self._publish(entry, temp),
+            recovered=True,
         )
+
+    def recover(self) -> list[str]:
+        """At start, before anything is queued: publish each temporary file that holds a whole
+        entry of its own id, when no entry has that id (its answer may have gone out, and a
+        power loss undone its rename); any other is a blank again. The ids published."""
+        published = []
+        for temp in sorted(self.root.glob(".*.tmp")):
+            entry_id = temp.name[1:].partition(".")[0]
+            if not os.path.exists(self.path(entry_id)) and _whole(temp, entry_id):
+                os.replace(temp, self.path(entry_id))
+                published.append(entry_id)
+            else:
+                self._recycle(str(temp))
+        if published:
+            fsync_dir(self.root)
+        return published
 
     def _write(self, entry: QueueEntry, *, sync: bool) -> str:
         """The entry's file under a temporary name (a blank's, if one is left)."""
@@ -123,14 +143,18 @@ class MessageQueue:
         os.replace(temp, self.path(entry.id))
 
     def _unstage(self, entry: QueueEntry) -> None:
+        self._recycle(self.path(entry.id))
+
+    def _recycle(self, path: str) -> None:
+        """The file at `path` becomes a blank, or is deleted when the pool is full."""
         if len(self._pool) >= BLANKS_KEPT:
             self._look(1.0)  # others may have taken some
         with contextlib.suppress(FileNotFoundError):
             if len(self._pool) >= BLANKS_KEPT:
-                os.unlink(self.path(entry.id))
+                os.unlink(path)
                 return
             blank = uuid.uuid4().hex
-            os.rename(self.path(entry.id), f"{self.blanks}/{blank}")
+            os.rename(path, f"{self.blanks}/{blank}")
             self._pool.append(blank)
 
     def _take_blank(self, temp: str) -> bool:
@@ -168,7 +192,10 @@ class MessageQueue:
 
 
 def _encode(entry: QueueEntry) -> bytes:
-    return cbor2.dumps(
+    """The entry as a CBOR document, then the document's CRC-32 (4 octets, big-endian): it
+    tells a whole entry from a torn one when a temporary file is recovered. A reader of the
+    document stops at its end (cbor2.loads decodes one item)."""
+    document = cbor2.dumps(
         {
             "v": QUEUE_FORMAT_VERSION,
             "id": entry.id,
@@ -189,6 +216,19 @@ def _encode(entry: QueueEntry) -> bytes:
             "meta": entry.meta,
         }
     )
+    return document + zlib.crc32(document).to_bytes(4, "big")
+
+
+def _whole(path: Path, entry_id: str) -> bool:
+    """Whether the file is all of an entry with this id: a crash may have left it torn, or
+    still holding the removed entry whose blank it was."""
+    data = read_file(str(path))
+    if data[-4:] != zlib.crc32(data[:-4]).to_bytes(4, "big"):
+        return False
+    try:
+        return bool(cbor2.loads(data)["id"] == entry_id)
+    except Exception:  # whatever odd bytes with a right CRC make the decoder raise
+        return False
 
 
 def _read(path: str | Path) -> QueueEntry:

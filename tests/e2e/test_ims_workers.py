@@ -22,6 +22,10 @@ from typing import Any
 
 import pytest
 
+from mailwright.runtime.ims import from_rfc5322
+from mailwright.runtime.message import Address
+from mailwright.runtime.queue import MessageQueue, QueueEntry
+
 REPO = Path(__file__).resolve().parents[2]
 Process = subprocess.Popen[str]
 WORKERS = 2
@@ -177,3 +181,35 @@ def test_the_workers_die_with_the_host(
     workers = arlington.workers()
     kill_host(arlington.host)
     wait_until(lambda: not any(_alive(pid) for pid in workers), 10, "the workers to exit")
+
+
+def _queued_unnamed(queue: MessageQueue, n: int) -> Path:
+    """Message n written into Arlington's queue and made durable, its rename into place lost:
+    what a power loss can leave of an entry whose 250 went out."""
+    message = from_rfc5322(_message(n).as_bytes(), "sender@example.net", ["mark@minasi.com"])
+    entry = QueueEntry.new(message, [Address("mark@minasi.com")], "smtp 192.0.2.1")
+    return Path(queue._write(entry, sync=True))
+
+
+def test_a_queued_entry_whose_rename_was_lost_is_delivered_at_start(
+    arlington: Arlington,
+    kill_host: Callable[[Process], None],
+    start_host: Callable[[Path, Path], Process],
+    wait_until: Callable[[Callable[[], bool], float, str], None],
+    maildir_messages: Callable[[Path, str, str], list[EmailMessage]],
+) -> None:
+    kill_host(arlington.host)
+    queue = MessageQueue(arlington.state / "hosts" / "arlington" / "queue")
+    _queued_unnamed(queue, 7)
+    torn = _queued_unnamed(queue, 8)
+    torn.write_bytes(torn.read_bytes()[:200])  # never acknowledged: its write was not whole
+    start_host(arlington.state / "artifacts/1/Minasi/hosts/arlington.json", arlington.state)
+
+    def delivered() -> list[str]:
+        return _ids(maildir_messages(arlington.state, "arlington", "mark"))
+
+    wait_until(lambda: "<burst-7@example.net>" in delivered(), 30, "the recovered entry")
+    assert "<burst-8@example.net>" not in delivered()
+    assert not list(queue.root.glob(".*.tmp"))
+    log = (arlington.state / "hosts" / "arlington" / "stderr.log").read_text()
+    assert "1 entries recovered after a crash" in log

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,3 +79,36 @@ def test_a_delivery_that_did_not_land_is_not_a_duplicate_later(
     monkeypatch.setattr(os, "rename", real_rename)
     assert asyncio.run(mailbox.deliver_soon("<1@example.org>", lambda: b"Subject: x\r\n\r\nb\r\n"))
     assert len(mailbox.messages()) == 1
+
+
+@pytest.mark.parametrize("recovered", [False, True])
+def test_a_recovered_callers_name_is_not_waited_for_with_syncfs(
+    group: GroupCommit, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recovered: bool
+) -> None:
+    """The data is always durable before the rename. The rename is flushed before the answer
+    unless the caller recovers whole temporary files (or only fsync makes a name durable)."""
+    steps: list[str] = []
+    durable = commit._durable
+
+    def flush(*args: Any) -> None:
+        steps.append("flush")
+        durable(*args)
+
+    monkeypatch.setattr(commit, "_durable", flush)
+
+    async def one() -> None:
+        await group.run(
+            lambda: steps.append("write"),
+            tmp_path,
+            lambda _: steps.append("publish"),
+            recovered=recovered,
+        )
+        steps.append("answer")
+
+    asyncio.run(one())
+    if commit._SYNCFS is None:  # the fsync of each file is the write's: one flush, the folder
+        assert steps == ["write", "publish", "flush", "answer"]
+    elif recovered:
+        assert steps == ["write", "flush", "publish", "answer"]
+    else:
+        assert steps == ["write", "flush", "publish", "flush", "answer"]

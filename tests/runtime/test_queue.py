@@ -69,3 +69,50 @@ def test_the_pool_of_blanks_is_bounded(tmp_path: Path, monkeypatch: pytest.Monke
 def stat_modes(folder: Path) -> set[int]:
     """Queue files hold mail: readable by their owner only."""
     return {p.stat().st_mode & 0o777 for p in folder.glob("*.msg")}
+
+
+# --- recovery: an answer may go out before a rename is flushed -----------------------------
+
+
+def _temporary(queue: MessageQueue, entry: QueueEntry) -> Path:
+    """The entry written and made durable under its temporary name, its rename lost (as a
+    power loss can lose it)."""
+    return Path(queue._write(entry, sync=True))
+
+
+def test_a_whole_temporary_entry_is_published_at_start(tmp_path: Path) -> None:
+    entry = _entry(1)
+    _temporary(MessageQueue(tmp_path), entry)
+    restarted = MessageQueue(tmp_path)
+    assert restarted.recover() == [entry.id]
+    assert [e.message.subject for e in restarted.entries()] == ["entry 1"]
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_torn_or_stale_temporary_file_is_a_blank_again(tmp_path: Path) -> None:
+    queue = MessageQueue(tmp_path)
+    torn = _temporary(queue, _entry(1))
+    whole = torn.read_bytes()
+    torn.write_bytes(whole[: len(whole) // 2])  # its end never written
+    stale = _temporary(queue, _entry(2))
+    # A blank renamed to its temporary name and still holding the entry removed from it.
+    stale.write_bytes(_temporary(queue, _entry(3)).read_bytes())
+    flipped = _temporary(queue, _entry(4))
+    data = bytearray(flipped.read_bytes())
+    data[data.index(b"xxxxxxxx")] = ord("y")  # a block holding what was not written
+    flipped.write_bytes(bytes(data))
+    restarted = MessageQueue(tmp_path)
+    assert restarted.recover() == [_entry(3).id]
+    assert [e.message.subject for e in restarted.entries()] == ["entry 3"]
+    assert len(os.listdir(restarted.blanks)) == 3
+
+
+def test_a_temporary_file_of_a_queued_entry_is_not_published(tmp_path: Path) -> None:
+    queue = MessageQueue(tmp_path)
+    entry = _entry(1)
+    queue.put(entry)
+    _temporary(queue, QueueEntry(entry.id, entry.message, (), "an older version"))
+    restarted = MessageQueue(tmp_path)
+    assert restarted.recover() == []
+    (kept,) = restarted.entries()
+    assert kept.received_from == "test" and len(kept.pending) == 1
