@@ -53,6 +53,10 @@ from mailwright.schema.routing import fit
 MAX_RECEIVED = 100
 _ROUTING_CHARACTERS = set('%!@"')  # the source-routing tricks open relays were abused with
 _HEADER_END = re.compile(rb"\r?\n\r?\n")
+_HEADER_LINE = re.compile(r"[^\n]*\n")
+# The email package's feedparser.headerRE, less its odd cases (an empty name, "From "): a field
+# name of printable ASCII but the colon (RFC 5322 §2.2).
+_FIELD_NAME = re.compile(r"([\041-\071\073-\176]+):")
 # RFC 5321 §4.1.2: a Path of a Dot-string local part and a domain of plain labels, then the
 # MAIL/RCPT parameters; what the email package's get_angle_addr makes of the same text.
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
@@ -225,11 +229,32 @@ def parse_message(data: bytes) -> EmailMessage:
     parser = email.parser.BytesParser(policy=email.policy.default)
     header, separator, body = _split_header(data)
     if separator:
-        mail = parser.parsebytes(header + separator)
-        if not mail.defects and mail.get_content_maintype() not in ("multipart", "message"):
+        mail = _plain_header(header) or parser.parsebytes(header + separator)
+        # A line the parser took for the body's first (a "From " line last) is in the payload.
+        whole = not mail.defects and not mail.get_payload()
+        if whole and mail.get_content_maintype() not in ("multipart", "message"):
             mail.set_payload(body.decode("ascii", "surrogateescape"))
             return mail
     return parser.parsebytes(data)
+
+
+def _plain_header(header: bytes) -> EmailMessage | None:
+    """The header as the email package's parser reads it, when every line is a field or the
+    continuation of one (then it finds no defect); None for anything else, for the parser.
+    A field's raw value is what policy.header_source_parse makes: the text after the colon
+    without leading blanks, its folded lines kept, the last line end dropped."""
+    fields: list[list[str]] = []
+    for line in _HEADER_LINE.findall(header.decode("ascii", "surrogateescape") + "\n"):
+        if line[0] in " \t" and fields:
+            fields[-1][1] += line
+        elif field := _FIELD_NAME.match(line):
+            fields.append([field[1], line[field.end() :].lstrip(" \t")])
+        else:
+            return None
+    mail = EmailMessage(policy=email.policy.default)
+    for name, value in fields:
+        mail.set_raw(name, value.rstrip("\r\n"))
+    return mail
 
 
 def _split_header(data: bytes) -> tuple[bytes, bytes, bytes]:

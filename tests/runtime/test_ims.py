@@ -1353,14 +1353,55 @@ def broken_messages(draw: st.DrawFn) -> bytes:
     return header + b"\r\n" + body
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(broken_messages() | st.binary(max_size=300), internal_messages())
+@st.composite
+def header_lines(draw: st.DrawFn) -> bytes:
+    """Header lines of every shape the parser tells apart: fields, folded lines, a first line
+    that continues nothing, lines with no colon or an empty name, "From " lines, odd bytes."""
+    line = st.sampled_from(
+        [
+            b"Subject: folded",
+            b"\tcontinued",
+            b"  more",
+            b" ",
+            b"X-Empty:",
+            b"X-Blank:   ",
+            b":no name",
+            b"From someone",
+            b"no colon",
+            b"Content-Type: text/plain; charset=utf-8",
+            b"Content-Type: multipart/mixed; boundary=x",
+            b"To: Jane <jane@example.org>,\r\n\tBob <bob@example.org>",
+            b"X-\xff: \xfe",
+            b"Na me: spaced",
+        ]
+    ) | st.binary(max_size=20).filter(lambda b: b"\n" not in b and b"\r" not in b)
+    ending = draw(st.sampled_from([b"\r\n", b"\n"]))
+    lines = draw(st.lists(line, min_size=1, max_size=8))
+    return ending.join(lines) + ending + ending + draw(st.binary(max_size=40))
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(broken_messages() | header_lines() | st.binary(max_size=300), internal_messages())
 def test_parsing_only_the_header_of_a_one_part_message_changes_nothing(
     raw: bytes, message: InternalMessage
 ) -> None:
     for data in (raw, to_rfc5322(message)):
         whole = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
         assert _reading(parse_message(data)) == _reading(whole)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"!:\nFrom \n\n",  # found by the property above: the parser makes it the body's
+        b"Subject: x\r\nFrom someone\r\n\r\nbody\r\n",
+        b"From someone\r\nSubject: x\r\n\r\nbody\r\n",
+        b"Subject: x\r\n\tfolded\r\nTo: a@b\r\n\r\nbody\r\n",
+    ],
+)
+def test_a_header_read_alone_reads_as_in_the_whole_message(data: bytes) -> None:
+    whole = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+    assert _reading(parse_message(data)) == _reading(whole)
 
 
 def _reading(mail: EmailMessage) -> list[object]:
