@@ -6,13 +6,14 @@ messages with a 2 KiB body, one message per connection, as smtp-source does with
     smtp-source -s 20 -m 5000 -l 2048 -f from@x -t mark@minasi.com 127.0.0.1:PORT
 
 mailwright: the seed's Minasi organization is applied to a state directory in a temporary folder
-and Arlington (store, IMS and DNS in one host process, as `python -m mailwright.runtime.host`
-runs it) takes the mail for mark, a mailbox of its own. Measured:
+and Arlington (store, IMS and DNS, as `python -m mailwright.runtime.host` runs it: SMTP in its
+IMS worker processes, one a CPU) takes the mail for mark, a mailbox of its own. Measured:
 
 (a) durable accept: smtp-source's wall time. The IMS answers 250 only once the message is in
-    the MTA's queue (fsynced file and folder), so this is the rate of durably accepted mail.
+    the MTA's queue (its file flushed to disk, then named), so this is the rate of durably
+    accepted mail.
 (b) to the mailbox: from smtp-source's start until all messages are files in mark's Maildir
-    (the MTA routed and delivered them, fsynced, and took them off its queue).
+    (the MTA routed and delivered them, flushed, and took them off its queue).
 
 Postfix: a private instance (its own main.cf and master.cf, queue and data directories in the
 temporary folder, listening on a loopback port, `relayhost = [127.0.0.1]:SINKPORT`,
@@ -26,10 +27,18 @@ Each side first gets a warm-up of `--warmup` messages (Postfix forks its smtpd p
 mailwright's host fills its caches); only the measured run counts. A private Postfix needs
 root (its master runs as root and drops to mail_owner); without root only mailwright runs.
 
+Rounds: the two sides take turns `--rounds` times (Postfix first every other round) and the
+medians are compared; one run of either moves by a fifth from one time to the next. Nothing is
+deleted until the end, and a run is best made on a file system nothing deleted many files on
+in the last minutes: on ext4 without a journal, every file created next to recently deleted
+inodes searches past them (find_inode_bit, recently_deleted), which slows whichever side
+creates files after a big deletion (measured: twice the system time in mailwright's host).
+
 Run: benchmarks/smtp_bench.sh [--sessions 20] [--messages 5000] [--size 2048] [--warmup 200]
-     [--profile FILE] [--keep]
-`--profile FILE` runs Arlington's host under cProfile (the event loop's thread; the work the
-MTA and queue hand to executor threads shows only as waiting) and prints its hotspots.
+     [--rounds 3] [--profile FILE] [--keep]
+`--profile FILE` runs Arlington's host under cProfile in the first round (the event loop's
+thread; the work the MTA and queue hand to executor threads shows only as waiting) and prints
+its hotspots.
 """
 
 from __future__ import annotations
@@ -42,6 +51,7 @@ import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,6 +139,23 @@ class Load:
 class Result:
     accept: float  # seconds until smtp-source was done
     through: float  # seconds until every message was where it goes
+
+
+_TIMES = ("accept", "through")
+
+
+@dataclass(frozen=True)
+class Round:
+    ims: Result
+    postfix: Result | None  # None without root
+
+    def line(self, load: Load) -> str:
+        said = f"mailwright (a) {load.messages / self.ims.accept:5.0f} msg/s, "
+        said += f"(b) {load.messages / self.ims.through:5.0f} msg/s"
+        if self.postfix is not None:
+            said += f"; Postfix accept {load.messages / self.postfix.accept:5.0f} msg/s, "
+            said += f"accept and relay {load.messages / self.postfix.through:5.0f} msg/s"
+        return said
 
 
 def tool(name: str) -> str:
@@ -329,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=5000)
     parser.add_argument("--size", type=int, default=2048, help="body octets (smtp-source -l)")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="each side's runs (the median counts)"
+    )
     parser.add_argument("--profile", type=Path, help="cProfile output file for Arlington")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
@@ -337,23 +367,12 @@ def main(argv: list[str] | None = None) -> int:
     folder.chmod(0o755)  # Postfix's daemons (mail_owner) reach their folders through it
     print(
         f"smtp-source -s {load.sessions} -m {load.messages} -l {load.size} "
-        f"-f {SENDER} -t {RECIPIENT}  (warm-up {args.warmup}; {os.cpu_count()} CPUs)"
+        f"-f {SENDER} -t {RECIPIENT}  (warm-up {args.warmup}; {args.rounds} rounds; "
+        f"{os.cpu_count()} CPUs)"
     )
     try:
-        (folder / "mailwright").mkdir()
-        ims = bench_mailwright(folder / "mailwright", load, args.warmup, args.profile)
-        print(f"mailwright IMS  (a) durable accept:       {rate(load.messages, ims.accept)}")
-        print(f"mailwright IMS  (b) accept to mailbox:    {rate(load.messages, ims.through)}")
-        if os.geteuid() != 0:
-            print("Postfix: skipped (a private Postfix instance needs root)")
-            return 0
-        (folder / "postfix").mkdir()
-        pf = bench_postfix(folder / "postfix", load, args.warmup)
-        print(f"Postfix             accept:               {rate(load.messages, pf.accept)}")
-        print(f"Postfix             accept and relay:     {rate(load.messages, pf.through)}")
-        accept, through = pf.accept / ims.accept, pf.through / ims.through
-        print(f"ratio (a) IMS durable accept / Postfix accept:        {verdict(accept, 1.2)}")
-        print(f"ratio (b) IMS to mailbox / Postfix accept and relay:  {verdict(through, 1.0)}")
+        rounds = [_round(folder / str(n), load, args, n) for n in range(args.rounds)]
+        _report(load, rounds)
         if args.profile is not None:
             print_profile(args.profile)
     except BenchError as exc:
@@ -365,6 +384,41 @@ def main(argv: list[str] | None = None) -> int:
         else:
             shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def _round(folder: Path, load: Load, args: argparse.Namespace, n: int) -> Round:
+    """Both sides once, in turn: Postfix first every other round, so neither always runs on
+    what the other left (the folders go only at the end: see the module's note on deleting)."""
+    results: dict[str, Result | None] = {"mailwright": None, "postfix": None}
+    order = ["mailwright", "postfix"] if n % 2 == 0 else ["postfix", "mailwright"]
+    for side in order:
+        (folder / side).mkdir(parents=True)
+        if side == "mailwright":
+            profile = args.profile if n == 0 else None
+            results[side] = bench_mailwright(folder / side, load, args.warmup, profile)
+        elif os.geteuid() == 0:
+            results[side] = bench_postfix(folder / side, load, args.warmup)
+    ims = results["mailwright"]
+    assert ims is not None
+    found = Round(ims, results["postfix"])
+    print(f"round {n + 1}: {found.line(load)}", flush=True)
+    return found
+
+
+def _report(load: Load, rounds: list[Round]) -> None:
+    ims = Result(*(statistics.median(getattr(r.ims, f) for r in rounds) for f in _TIMES))
+    print(f"median of {len(rounds)} rounds:")
+    print(f"mailwright IMS  (a) durable accept:       {rate(load.messages, ims.accept)}")
+    print(f"mailwright IMS  (b) accept to mailbox:    {rate(load.messages, ims.through)}")
+    if any(r.postfix is None for r in rounds):
+        print("Postfix: skipped (a private Postfix instance needs root)")
+        return
+    pf = Result(*(statistics.median(getattr(r.postfix, f) for r in rounds) for f in _TIMES))
+    print(f"Postfix             accept:               {rate(load.messages, pf.accept)}")
+    print(f"Postfix             accept and relay:     {rate(load.messages, pf.through)}")
+    accept, through = pf.accept / ims.accept, pf.through / ims.through
+    print(f"ratio (a) IMS durable accept / Postfix accept:        {verdict(accept, 1.2)}")
+    print(f"ratio (b) IMS to mailbox / Postfix accept and relay:  {verdict(through, 1.0)}")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # done by smtp_bench.py beside this script; its docstring says what is measured and how.
 #
 #   benchmarks/smtp_bench.sh [--sessions 20] [--messages 5000] [--size 2048] [--warmup 200]
-#                            [--profile FILE] [--keep]
+#                            [--rounds 3] [--profile FILE] [--keep]
 #
 # Needs smtp-source, smtp-sink and postfix (Debian: postfix); the Postfix side needs root.
 set -eu
