@@ -19,8 +19,10 @@ folder is fsynced after the renames.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
+import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +54,11 @@ class _Job:
 
 class GroupCommit:
     def __init__(self) -> None:
-        self._pending: list[_Job] = []
-        self._ready = threading.Condition()
+        # A SimpleQueue's put and get are C; a Condition's waits and notifies are Python, and
+        # the thread contended for its lock (py-spy: 9% of the host's loop time in a burst).
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
 
     async def run(
         self,
@@ -67,20 +71,20 @@ class GroupCommit:
         """`write()` then `publish(result)` in the commit thread, as the module says; returns
         what `write` returned once both are durable (`recovered`: once the write is)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        with self._ready:
-            self._pending.append(_Job(write, folder, future, publish, recovered))
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._serve, name="commit", daemon=True)
-                self._thread.start()
-            self._ready.notify()
+        self._jobs.put(_Job(write, folder, future, publish, recovered))
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name="commit", daemon=True)
+                    self._thread.start()
         return await future
 
     def _serve(self) -> None:
         while True:
-            with self._ready:
-                while not self._pending:
-                    self._ready.wait()
-                batch, self._pending = self._pending, []
+            batch = [self._jobs.get()]  # waits for the first; the rest are whatever came along
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    batch.append(self._jobs.get_nowait())
             _commit(batch)
 
 
