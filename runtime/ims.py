@@ -27,6 +27,8 @@ import re
 import smtplib
 import ssl
 import time
+import traceback
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
@@ -43,7 +45,7 @@ from mailwright.runtime.message import IMPORTANCE, Address, Attachment, Internal
 from mailwright.runtime.mta import Mta
 from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report
 from mailwright.runtime.pop3 import Pop3Accounts
-from mailwright.runtime.queue import PendingRecipient, QueueEntry
+from mailwright.runtime.queue import PendingRecipient, QueueEntry, sleep_until_due
 from mailwright.runtime.router import Disposition
 from mailwright.runtime.smtpdata import DataRefusedError, read_data
 from mailwright.schema.addressing import AddressType
@@ -480,6 +482,12 @@ class NoMailError(Exception):
     """The domain says it takes no mail: null MX (RFC 7505)."""
 
 
+# Postfix's defaults for its smtp clients: default_process_limit transactions at once in all,
+# default_destination_concurrency_limit of them to one domain.
+TRANSACTIONS = 100
+PER_DOMAIN = 20
+
+
 class Outbound:
     def __init__(
         self,
@@ -495,13 +503,51 @@ class Outbound:
         self.resolver = resolver
         self.smtp_endpoint = smtp_endpoint
         self.outbox = mta.outbox
+        # The outbox as this IMS knows it, by entry id: read once when `run` starts, then told
+        # by the MTA (`adopt`) and kept by `_settle`; never rescanned, however much waits.
+        self._queued: dict[str, QueueEntry] = {}
+        self._busy: set[str] = set()  # in a transaction now
+        self._wakeup = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(TRANSACTIONS)
+        self._domains: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(PER_DOMAIN)
+        )
+        mta.outbox_listener = self.adopt
+
+    def adopt(self, entry: QueueEntry) -> None:
+        self._queued[entry.id] = entry
+        self._wakeup.set()
 
     async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for entry in await loop.run_in_executor(None, self.outbox.entries):
+            self._queued.setdefault(entry.id, entry)
         while True:
-            entries = await asyncio.get_running_loop().run_in_executor(None, self.outbox.entries)
-            for entry in entries:
+            self._wakeup.clear()
+            now = time.time()
+            for entry in list(self._queued.values()):
+                if entry.id not in self._busy and any(p.next_try <= now for p in entry.pending):
+                    self._busy.add(entry.id)
+                    task = loop.create_task(self._deliver_in_turn(entry))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            waiting = [e for e in self._queued.values() if e.id not in self._busy]
+            await sleep_until_due(waiting, self._wakeup)
+
+    async def _deliver_in_turn(self, entry: QueueEntry) -> None:
+        """`deliver`, once a transaction may start (TRANSACTIONS in all, PER_DOMAIN to one
+        domain); a failure is logged and the entry tried again on the next round."""
+        domain = entry.pending[0].address.address.rpartition("@")[2].casefold()
+        try:
+            async with self._slots, self._domains[domain]:
                 await self.deliver(entry)
-            await asyncio.sleep(0.2)
+        except Exception:  # one bad entry must not stop the others
+            traceback.print_exc()
+            await asyncio.sleep(1.0)
+        finally:
+            self._busy.discard(entry.id)
+            self._wakeup.set()
 
     async def deliver(self, entry: QueueEntry) -> None:
         """The entry's due recipients (all of one domain: the MTA grouped them) in one SMTP
@@ -619,8 +665,11 @@ class Outbound:
         )
         if not remaining:
             self.outbox.remove(entry)
-        else:  # one atomic replace (temporary file, fsync, rename, fsync of the folder)
-            await self.outbox.write_soon(replace(entry, pending=remaining))
+            self._queued.pop(entry.id, None)
+        else:  # one atomic replace (a temporary file made durable, then renamed)
+            rewritten = replace(entry, pending=remaining)
+            await self.outbox.write_soon(rewritten)
+            self._queued[entry.id] = rewritten
 
     def _deferred(
         self, entry: QueueEntry, pending: PendingRecipient, error: str

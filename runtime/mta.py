@@ -10,11 +10,11 @@ nothing: an entry leaves the queue only after every recipient was delivered or h
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import re
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,7 @@ from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.message import Address, InternalMessage, decode, encode
 from mailwright.runtime.ndr import Failure, non_delivery_report
 from mailwright.runtime.pop3 import Pop3Accounts
-from mailwright.runtime.queue import MessageQueue, QueueEntry
+from mailwright.runtime.queue import MessageQueue, QueueEntry, sleep_until_due
 from mailwright.runtime.router import Decision, Disposition, Router
 from mailwright.runtime.store import DeliveryError, MailStore
 from mailwright.runtime.tracking import TrackingLog
@@ -73,6 +73,8 @@ class Mta:
         # The queue as the MTA knows it, by entry id: read from disk once when `run` starts,
         # then kept by `accept` and `_settle`, so the MTA never rescans its folder.
         self._queued: dict[str, QueueEntry] = {}
+        # The IMS's outbound side (ims.Outbound), told of each entry put in the outbox.
+        self.outbox_listener: Callable[[QueueEntry], None] | None = None
 
     def recover(self) -> list[str]:
         """At the host's start, before anything is queued: MessageQueue.recover of the queue
@@ -169,10 +171,7 @@ class Mta:
             await asyncio.sleep(1.0)
 
     async def _sleep_until_due(self) -> None:
-        due = [p.next_try for e in self._queued.values() for p in e.pending]
-        delay = max(0.05, min(due) - time.time()) if due else None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wakeup.wait(), delay)
+        await sleep_until_due(self._queued.values(), self._wakeup)
 
     async def process(self, entry: QueueEntry) -> None:
         message = entry.message
@@ -243,7 +242,8 @@ class Mta:
 
     async def _to_ims(self, message: InternalMessage, recipients: list[Address]) -> None:
         entry = QueueEntry.new(message, recipients, self.server)
-        await self.outbox.put_soon(entry)
+        if await self.outbox.put_soon(entry) and self.outbox_listener is not None:
+            self.outbox_listener(entry)
         for recipient in recipients:
             self.tracking.event(
                 "gateway", message.message_id, recipient=recipient.address, to="IMS"

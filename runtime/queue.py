@@ -10,11 +10,13 @@ resumes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import time
 import uuid
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -189,6 +191,14 @@ class MessageQueue:
 
     def __len__(self) -> int:
         return sum(1 for _ in self.root.glob("*.msg"))
+
+
+async def sleep_until_due(entries: Iterable[QueueEntry], wakeup: asyncio.Event) -> None:
+    """Until the first of the entries' recipients is due again, or `wakeup` is set."""
+    due = [p.next_try for e in entries for p in e.pending]
+    delay = max(0.05, min(due) - time.time()) if due else None
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wakeup.wait(), delay)
 
 
 def _encode(entry: QueueEntry) -> bytes:

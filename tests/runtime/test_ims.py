@@ -672,8 +672,10 @@ a.equal  IN A   192.0.2.1
 b.equal  IN A   192.0.2.2
 nullmx   IN MX  0 .
 amx      IN A   192.0.2.1
+slow     IN MX  10 mx.slow
+mx.slow  IN A   192.0.2.3
 """
-MX1, MX2 = "192.0.2.1", "192.0.2.2"
+MX1, MX2, MX3 = "192.0.2.1", "192.0.2.2", "192.0.2.3"
 
 
 @pytest.fixture(scope="module")
@@ -993,6 +995,19 @@ def test_a_null_mx_bounces_at_once_with_5_1_10(gateway: Gateway) -> None:
     assert fields["Status"] == "5.1.10"  # RFC 7505 §4.2
     assert "null MX" in fields["Diagnostic-Code"]
     assert gateway.events("deferred", message_id) == []
+
+
+def test_a_silent_mx_holds_up_only_its_own_domain(gateway: Gateway, sink: Sink) -> None:
+    # slow.test's MX takes the connection and never answers: its transaction waits for the
+    # client's timeout. Mail for other domains goes meanwhile, as with Postfix's smtp clients.
+    with socket.create_server((HOST, 0)) as silent:
+        gateway.exchangers[MX3] = (HOST, silent.getsockname()[1])
+        gateway.exchangers[MX1] = (HOST, sink.start())
+        stuck = gateway.send("someone@slow.test", "to a silent MX")
+        time.sleep(0.5)  # its transaction under way
+        passing = gateway.send("someone@one.test", "past the silent one")
+        gateway.wait_for("delivered", passing)
+        assert gateway.events("delivered", stuck) == []
 
 
 @pytest.mark.parametrize("first", ["refused", "421 greeting", "450 to RCPT", "unmapped"])
