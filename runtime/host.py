@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -82,6 +83,7 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
         loop.add_signal_handler(signum, stop.set)
     services = config["server"]["services"]
     mta = _mta(config, config_path, state)
+    steady_heap()
     store, accounts = mta.store, mta.accounts
     listeners = {"transfer": await transfer.serve(mta.handle_frame, bind, ports["transfer"])}
     if store is not None:
@@ -135,6 +137,17 @@ async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]
     for listener in listeners.values():
         listener.close()
         await listener.wait_closed()
+
+
+def steady_heap() -> None:
+    """What a process loaded to serve (its config, the GAL, the GWART) stays until it exits:
+    out of the cyclic collector's sight (gc.freeze), which need not walk it again and again;
+    and the young generation collected every 20,000 allocations instead of 700, as a message
+    makes thousands (measured with the seed's organization: 1 to 3% less CPU a message). The
+    few cycles an SMTP session leaves (aiosmtpd's tables of bound methods) are still
+    collected."""
+    gc.freeze()
+    gc.set_threshold(20_000)
 
 
 def _mta(config: dict[str, Any], config_path: Path, state: Path) -> Mta:

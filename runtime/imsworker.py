@@ -132,13 +132,18 @@ class ImsWorkers:
 
 async def serve(config_path: Path, state: Path, fd: int) -> None:
     # Imported here: the host module imports this one's ImsWorkers.
-    from mailwright.runtime.host import current_router, tls_context  # noqa: PLC0415
+    from mailwright.runtime.host import (  # noqa: PLC0415
+        current_router,
+        steady_heap,
+        tls_context,
+    )
 
     config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
     accounts = Pop3Accounts(accounts_from_host(config))
     router = Router.load(config, config_path.parent.parent)
     front = FrontEnd(config, router, state, None, accounts, endpoints_in(state))
     handler = InboundHandler(front, config["ims"], accounts)
+    steady_heap()
     context = tls_context(config, state)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
