@@ -102,6 +102,9 @@ class Mailbox:
     def __init__(self, root: Path, size_limit: int | None = None) -> None:
         self.root = root
         self.maildir = root / "Maildir"
+        # Joined once: every delivery names them, and pathlib's joining costs more than that.
+        self._new = self.maildir / "new"
+        self._log = str(root / "delivered")
         self.size_limit = size_limit
         self._lock = threading.Lock()
         self._delivered: set[str] | None = None
@@ -110,7 +113,7 @@ class Mailbox:
         if self._delivered is None:
             for sub in ("tmp", "new", "cur"):
                 (self.maildir / sub).mkdir(parents=True, exist_ok=True)
-            log = self.root / "delivered"
+            log = Path(self._log)
             logged = set(log.read_text(encoding="ascii").split()) if log.exists() else set()
             for message in self.messages():
                 if message.uid not in logged:
@@ -126,7 +129,7 @@ class Mailbox:
             if staged is None:
                 return False
             os.rename(*staged[1:])
-            fsync_dir(self.maildir / "new")
+            fsync_dir(self._new)
         self._record(staged[0])
         return True
 
@@ -138,7 +141,7 @@ class Mailbox:
         with self._unmarked_on_failure(message_id):
             staged = await COMMIT.run(
                 lambda: self._write(message_id, render(), sync=FILES_NEED_FSYNC),
-                self.maildir / "new",
+                self._new,
                 lambda staged: None if staged is None else os.rename(*staged[1:]),
             )
         if staged is None:
@@ -200,7 +203,7 @@ class Mailbox:
 
     def _record(self, uid: str, *, sync: bool = True) -> None:
         # O_APPEND: one write of a whole line at the end, whoever else appends.
-        fd = os.open(self.root / "delivered", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, f"{uid}\n".encode("ascii"))
             if sync:
