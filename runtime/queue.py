@@ -98,7 +98,7 @@ class MessageQueue:
         """Not fsynced, and so not handed to the commit thread: a removal that a power loss
         undoes only hands the entry over once more, and every taker de-duplicates it (the
         store by message id, a peer MTA by entry id). A process that dies keeps it done."""
-        self._unstage(entry)
+        self._recycle(self.path(entry.id))
 
     # The first two for the event loop, through the group commit.
 
@@ -143,9 +143,6 @@ class MessageQueue:
 
     def _publish(self, entry: QueueEntry, temp: str) -> None:
         os.replace(temp, self.path(entry.id))
-
-    def _unstage(self, entry: QueueEntry) -> None:
-        self._recycle(self.path(entry.id))
 
     def _recycle(self, path: str) -> None:
         """The file at `path` becomes a blank, or is deleted when the pool is full."""
