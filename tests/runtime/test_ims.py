@@ -473,15 +473,14 @@ def test_an_empty_content_and_the_commands_pipelined_after_it(
         smtp.ehlo()
         # RFC 2920: the client may send RSET and NOOP after the end of the content unasked.
         send_data(smtp, [b".\r\nRSET\r\nNOOP\r\n"])
-        code = smtp.getreply()[0]
-        assert code in {250, 554}, code  # taken or refused as a message, never out of step
+        assert smtp.getreply()[0] == 250  # an empty message, taken as Postfix takes it
         assert smtp.getreply() == (250, b"OK")  # RSET
         assert smtp.getreply()[0] == 250  # NOOP
         # And a whole message pipelined with what follows it in one segment.
         send_data(smtp, [_STUFFED + b".\r\nNOOP\r\n"])
         assert smtp.getreply()[0] == 250
         assert smtp.getreply()[0] == 250
-    assert len(ims.queued()) == (2 if code == 250 else 1)
+    assert len(ims.queued()) == 2
 
 
 def test_a_line_over_1000_octets_is_refused_with_500_and_the_session_goes_on(
