@@ -30,6 +30,7 @@ import time
 import traceback
 from collections import defaultdict
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from email.message import EmailMessage
 from pathlib import Path
@@ -510,6 +511,9 @@ class Outbound:
         self._wakeup = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(TRANSACTIONS)
+        # smtplib's blocking sessions get threads of their own, as many as may run: in the
+        # loop's default pool (a few threads a CPU) a few silent MXs would hold up all mail.
+        self._clients = ThreadPoolExecutor(TRANSACTIONS, thread_name_prefix="smtp-client")
         self._domains: defaultdict[str, asyncio.Semaphore] = defaultdict(
             lambda: asyncio.Semaphore(PER_DOMAIN)
         )
@@ -622,7 +626,7 @@ class Outbound:
         origin = (self.source, self.mta.fqdn)
         forward = [r.address for r in recipients]
         replies = await asyncio.get_running_loop().run_in_executor(
-            None, _smtp_send, endpoint, origin, sender, forward, data
+            self._clients, _smtp_send, endpoint, origin, sender, forward, data
         )
         return {r: replies[r.address] for r in recipients}
 
