@@ -524,6 +524,12 @@ class Outbound:
         self._wakeup.set()
 
     async def run(self) -> None:
+        try:
+            await self._serve()
+        finally:  # stopped: no new session; one under way ends on its own
+            self._clients.shutdown(wait=False)
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         for entry in await loop.run_in_executor(None, self.outbox.entries):
             self._queued.setdefault(entry.id, entry)
