@@ -362,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", type=Path, help="cProfile output file for Arlington")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error("--rounds: at least 1")
     load = Load(args.sessions, args.messages, args.size)
     folder = Path(tempfile.mkdtemp(prefix="mailwright-smtp-bench-"))
     folder.chmod(0o755)  # Postfix's daemons (mail_owner) reach their folders through it
