@@ -14,6 +14,8 @@ IMS worker processes, one a CPU) takes the mail for mark, a mailbox of its own. 
     accepted mail.
 (b) to the mailbox: from smtp-source's start until all messages are files in mark's Maildir
     (the MTA routed and delivered them, flushed, and took them off its queue).
+Also printed: the CPU time (user and system, from /proc) the host and its IMS workers spent
+from smtp-source's start until (b), per message; smtp-source's own is not counted.
 
 Postfix: a private instance (its own main.cf and master.cf, queue and data directories in the
 temporary folder, listening on a loopback port, `relayhost = [127.0.0.1]:SINKPORT`,
@@ -44,6 +46,7 @@ its hotspots.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pstats
 import re
@@ -139,6 +142,7 @@ class Load:
 class Result:
     accept: float  # seconds until smtp-source was done
     through: float  # seconds until every message was where it goes
+    cpu: float = 0.0  # mailwright: CPU seconds of the host and its IMS workers meanwhile
 
 
 _TIMES = ("accept", "through")
@@ -151,7 +155,8 @@ class Round:
 
     def line(self, load: Load) -> str:
         said = f"mailwright (a) {load.messages / self.ims.accept:5.0f} msg/s, "
-        said += f"(b) {load.messages / self.ims.through:5.0f} msg/s"
+        said += f"(b) {load.messages / self.ims.through:5.0f} msg/s, "
+        said += f"CPU {self.ims.cpu * 1000 / load.messages:.2f} ms a message"
         if self.postfix is not None:
             said += f"; Postfix accept {load.messages / self.postfix.accept:5.0f} msg/s, "
             said += f"accept and relay {load.messages / self.postfix.through:5.0f} msg/s"
@@ -260,18 +265,31 @@ def count(folder: Path) -> int:
         return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and its children that run (the IMS workers), from
+    /proc (proc(5): utime and stime, fields 14 and 15, in clock ticks)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    ticks = 0
+    for process in [pid, *map(int, children)]:
+        with contextlib.suppress(FileNotFoundError):  # a worker that just ended
+            fields = Path(f"/proc/{process}/stat").read_text().rpartition(")")[2].split()
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
 def bench_mailwright(folder: Path, load: Load, warmup: int, profile: Path | None) -> Result:
     process, port, maildir = start_arlington(folder, profile)
     try:
         if warmup:
             smtp_source(port, load, warmup)
             wait_for(lambda: count(maildir) >= warmup, 300, "the warm-up", time.perf_counter())
+        cpu = cpu_seconds(process.pid)
         started = time.perf_counter()
         accept = smtp_source(port, load, load.messages)
         total = warmup + load.messages
         timeout = 60 + load.messages / 10
         through = wait_for(lambda: count(maildir) >= total, timeout, "mark's Maildir", started)
-        return Result(accept, through)
+        return Result(accept, through, cpu_seconds(process.pid) - cpu)
     finally:
         stop(process)
         if process.stdout is not None:
@@ -412,6 +430,8 @@ def _report(load: Load, rounds: list[Round]) -> None:
     print(f"median of {len(rounds)} rounds:")
     print(f"mailwright IMS  (a) durable accept:       {rate(load.messages, ims.accept)}")
     print(f"mailwright IMS  (b) accept to mailbox:    {rate(load.messages, ims.through)}")
+    cpu = statistics.median(r.ims.cpu for r in rounds) * 1000 / load.messages
+    print(f"mailwright IMS  CPU a message:            {cpu:8.2f} ms  (host and IMS workers)")
     if any(r.postfix is None for r in rounds):
         print("Postfix: skipped (a private Postfix instance needs root)")
         return
