@@ -96,7 +96,7 @@ def build_gal(loaded: LoadedSpec) -> Gal:
             pop3 = effective_pop3(site, server, overrides)
             protocols = {"pop3": pop3.model_dump(mode="json")}
         alias, display = mailbox.alias, mailbox.display
-        record = {
+        record: dict[str, Any] = {
             "alias": alias,
             "display_name": display,
             "site": site.name,
@@ -104,6 +104,10 @@ def build_gal(loaded: LoadedSpec) -> Gal:
             "protocols": protocols,
             "size_limit": mailbox.size_limit,
         }
+        if mailbox.previous_aliases:
+            # The plan pairs them with the aliases that left the GAL (a rename), and the store
+            # host renames their folders.
+            record["previous_aliases"] = list(mailbox.previous_aliases)
         _add_proxies(record, proxies)
         entries.append(
             GalEntry(alias, display, site.name, server.name, proxies, pop3, mailbox, record)

@@ -1,6 +1,6 @@
 """The plan: what applying would change, at the level an administrator thinks in.
 
-A plan is a value, like octoDNS's: typed resource changes (mailboxes, proxy addresses, GWART
+A plan is a value, like octoDNS's: typed resource changes (mailboxes with their addresses, GWART
 routes, DNS records, zone serials, hosts), the runtime actions they imply, drift found on disk,
 and the safety findings that `raise_if_unsafe` turns into a refusal unless forced.
 """
@@ -46,7 +46,7 @@ class UnsafePlanError(Exception):
 
 @dataclass(frozen=True)
 class Resource:
-    kind: str  # mailbox, proxy, route, record, zone, host
+    kind: str  # mailbox, route, record, zone, host
     name: str
     organization: str
     attributes: Mapping[str, Any]
@@ -76,6 +76,13 @@ class ResourceChange:
     @property
     def address(self) -> str:
         return self.resource.address
+
+    @property
+    def renamed_from(self) -> str | None:
+        """The old name of a renamed resource (an update whose name changed)."""
+        if self.before and self.after and self.before.name != self.after.name:
+            return self.before.name
+        return None
 
     def changed(self) -> list[tuple[str, Any, Any]]:
         """(attribute, before, after) for each attribute that differs, secrets masked."""
@@ -109,6 +116,11 @@ class Plan:
     runtime_actions: list[RuntimeAction]
     drift: list[Drift]
     unsafe: list[str] = field(default_factory=list)
+    # What applying does to mail that the changes alone do not say (addresses that stop
+    # working, mail that goes to retained/).
+    warnings: list[str] = field(default_factory=list)
+    # change address -> (messages, bytes) a home server change moves, counted in the stores
+    moves: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def has_changes(self) -> bool:
@@ -215,19 +227,6 @@ def _recipient(
     organization: str, entry: dict[str, Any], passwords: dict[str, str]
 ) -> Iterable[Resource]:
     yield _mailbox(organization, entry, passwords)
-    alias = entry["alias"]
-    for kind, address in entry["primary"].items():
-        yield Resource(
-            "proxy", f"{kind}:{address}", organization, {"recipient": alias, "primary": True}
-        )
-    for text in entry["secondary"]:
-        kind, _, address = text.partition(":")
-        yield Resource(
-            "proxy",
-            f"{kind.upper()}:{address}",
-            organization,
-            {"recipient": alias, "primary": False},
-        )
 
 
 def _routes(organization: str, text: str) -> Iterable[Resource]:
@@ -282,20 +281,43 @@ def _changed_passwords(was: Mapping[str, str], now: Mapping[str, str], names: se
     return {a for a in set(old) | set(new) if old.get(a) != new.get(a)}
 
 
+ADDRESS = "address."  # a primary address attribute: address.SMTP, address.X400, address.MS
+
+
 def _mailbox(organization: str, entry: dict[str, Any], passwords: dict[str, str]) -> Resource:
+    """A mailbox is the directory object (organization, alias), as in Exchange: its addresses,
+    names, home server and settings are attributes, so changing any of them is an update."""
+    alias = entry["alias"]
     attributes: dict[str, Any] = {
-        "alias": entry["alias"],
+        "alias": alias,
         "display_name": entry["display_name"],
         "site": entry["site"],
         "home_server": entry["home_server"],
         "size_limit": entry["size_limit"],
-        "password": passwords.get(entry["alias"]),
+        "password": passwords.get(alias),
+        "secondary_addresses": entry["secondary"],
     }
+    for kind, address in entry["primary"].items():
+        attributes[f"{ADDRESS}{kind}"] = address
     for key, value in entry["protocols"]["pop3"].items():
         attributes[f"pop3.{key}"] = value
+    if previous := entry.get("previous_aliases"):
+        attributes["previous_aliases"] = previous
     return Resource(
-        "mailbox", entry["primary"]["SMTP"], organization, attributes, frozenset({"password"})
+        "mailbox", f"{organization}/{alias}", organization, attributes, frozenset({"password"})
     )
+
+
+def addresses(mailbox: Resource) -> dict[str, str]:
+    """A mailbox's addresses, primary and secondary, as `TYPE:address`, by their casefold."""
+    attributes = mailbox.attributes
+    texts = [
+        f"{k.removeprefix(ADDRESS)}:{v}" for k, v in attributes.items() if k.startswith(ADDRESS)
+    ]
+    for text in attributes["secondary_addresses"]:
+        kind, _, address = text.partition(":")
+        texts.append(f"{kind.upper()}:{address}")
+    return {text.casefold(): text for text in texts}
 
 
 def _zone_resources(organization: str, origin: str, text: str) -> Iterable[Resource]:
@@ -330,7 +352,7 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-KIND_ORDER = {"mailbox": 0, "proxy": 1, "route": 2, "zone": 3, "record": 4, "host": 5}
+KIND_ORDER = {"mailbox": 0, "route": 1, "zone": 2, "record": 3, "host": 4}
 
 
 def diff(before: Mapping[str, Resource], after: Mapping[str, Resource]) -> list[ResourceChange]:
@@ -343,7 +365,31 @@ def diff(before: Mapping[str, Resource], after: Mapping[str, Resource]) -> list[
             changes.append(ResourceChange(Action.DELETE, old, None))
         elif old.attributes != new.attributes:
             changes.append(ResourceChange(Action.UPDATE, old, new))
-    return sorted(changes, key=lambda c: (KIND_ORDER[c.resource.kind], c.resource.name))
+    return sorted(_renames(changes), key=lambda c: (KIND_ORDER[c.resource.kind], c.resource.name))
+
+
+def _renames(changes: list[ResourceChange]) -> list[ResourceChange]:
+    """A removed mailbox whose alias a new one lists in `previous_aliases` was renamed: one
+    update from the old to the new, not a removal and a creation (Terraform's `moved`)."""
+    removed = {
+        c.resource.name.casefold(): c
+        for c in changes
+        if c.action is Action.DELETE and c.resource.kind == "mailbox"
+    }
+    paired: dict[int, ResourceChange] = {}
+    for change in changes:
+        new = change.after
+        if change.action is not Action.CREATE or new is None or new.kind != "mailbox":
+            continue
+        for previous in new.attributes.get("previous_aliases", ()):
+            old = removed.pop(f"{new.organization}/{previous}".casefold(), None)
+            if old is not None:
+                paired[id(old)] = paired[id(change)] = ResourceChange(
+                    Action.UPDATE, old.before, new
+                )
+                break
+    kept = [paired.get(id(c), c) for c in changes]
+    return list({id(c): c for c in kept}.values())
 
 
 def runtime_actions(old: Mapping[str, str], new: Mapping[str, str]) -> list[RuntimeAction]:
@@ -419,7 +465,7 @@ def unsafe_findings(
     """`before` holds every record of each changed zone; `mailboxes` counts each organization's
     mailboxes before (default: those in `before`)."""
     findings = []
-    # Only mailboxes and records count towards the blast radius (a deleted proxy has no zone).
+    # Only mailboxes and records count towards the blast radius.
     deleted = [
         c.resource
         for c in changes
@@ -472,7 +518,27 @@ def make_plan(
         before, after, mailboxes = _changed_resources(readable, new)
         changes = diff(before, after)
         actions = runtime_actions(old, new)
-    return Plan(changes, actions, drifted, unsafe_findings(before, changes, mailboxes))
+    unsafe = unsafe_findings(before, changes, mailboxes)
+    return Plan(changes, actions, drifted, unsafe, mail_warnings(changes))
+
+
+def mail_warnings(changes: Iterable[ResourceChange]) -> list[str]:
+    """Addresses that an update takes from a mailbox: mail to them is refused from now on."""
+    found = []
+    for change in changes:
+        if change.resource.kind != "mailbox" or change.action is not Action.UPDATE:
+            continue
+        assert change.before is not None and change.after is not None
+        kept = addresses(change.after)
+        for key, text in addresses(change.before).items():
+            if key not in kept:
+                kind, _, address = text.partition(":")
+                found.append(
+                    f"mailbox {change.resource.name}: mail to {text} will be refused from now "
+                    f"on; to keep it, list '{kind.lower()}:{address}' in the mailbox's "
+                    "proxy_addresses"
+                )
+    return found
 
 
 def _unreadable(drifted: Iterable[Drift], files: Mapping[str, str]) -> set[str]:

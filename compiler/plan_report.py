@@ -19,14 +19,28 @@ def _value(value: Any) -> str:
     )
 
 
-def _change_lines(change: ResourceChange) -> list[str]:
-    lines = [f"  {change.action.symbol} {change.address}"]
+def _change_lines(change: ResourceChange, move: tuple[int, int] | None = None) -> list[str]:
+    lines = [f"  {change.action.symbol} {change.address}{_note(change)}"]
     for name, before, after in change.changed():
         if change.action is Action.CREATE:
             lines.append(f"      {name}: {_value(after)}")
         elif change.action is Action.UPDATE:
-            lines.append(f"      {name}: {_value(before)} → {_value(after)}")
+            note = (
+                f" (move {move[0]} messages, {move[1]} bytes)"
+                if move and name == "home_server"
+                else ""
+            )
+            lines.append(f"      {name}: {_value(before)} → {_value(after)}{note}")
     return lines
+
+
+def _note(change: ResourceChange) -> str:
+    if change.renamed_from:
+        return f" (renamed from {change.renamed_from})"
+    if change.action is Action.DELETE and change.resource.kind == "mailbox":
+        # Said plainly: a rename without previous_aliases lands here too.
+        return f" (its mail goes to retained/ until `mailwright purge {change.resource.name}`)"
+    return ""
 
 
 def render_text(plan: Plan) -> list[tuple[str, str]]:
@@ -34,6 +48,7 @@ def render_text(plan: Plan) -> list[tuple[str, str]]:
     lines: list[tuple[str, str]] = []
     for finding in plan.unsafe:
         lines.append((f"Warning: {finding}; apply will refuse without --force.", "red bold"))
+    lines += [(f"Warning: {warning}.", "yellow") for warning in plan.warnings]
     if plan.drift:
         lines.append(
             (
@@ -48,7 +63,8 @@ def render_text(plan: Plan) -> list[tuple[str, str]]:
     if plan.changes:
         lines.append(("mailwright will perform the following actions:", "bold"))
         for change in plan.changes:
-            lines += [(line, STYLE[change.action]) for line in _change_lines(change)]
+            move = plan.moves.get(change.address)
+            lines += [(line, STYLE[change.action]) for line in _change_lines(change, move)]
     if plan.runtime_actions:
         lines.append(("Runtime:", "bold"))
         lines += [(f"  {a.action} {a.host} ({a.reason})", "cyan") for a in plan.runtime_actions]
@@ -75,6 +91,7 @@ def plan_json(plan: Plan) -> dict[str, Any]:
                 "before": c.before.shown() if c.before else None,
                 "after": c.after.shown() if c.after else None,
                 "sensitive": sorted(c.resource.sensitive),
+                **_rename_and_move(plan, c),
             }
             for c in plan.changes
         ],
@@ -83,12 +100,22 @@ def plan_json(plan: Plan) -> dict[str, Any]:
         ],
         "drift": [{"artifact": d.artifact, "problem": d.problem} for d in plan.drift],
         "unsafe": plan.unsafe,
+        "warnings": plan.warnings,
         "summary": {
             "add": counts[Action.CREATE],
             "change": counts[Action.UPDATE],
             "destroy": counts[Action.DELETE],
         },
     }
+
+
+def _rename_and_move(plan: Plan, change: ResourceChange) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if change.before is not None and change.renamed_from:
+        found["previous_address"] = change.before.address
+    if move := plan.moves.get(change.address):
+        found["move"] = {"messages": move[0], "bytes": move[1]}
+    return found
 
 
 def render_json(plan: Plan) -> str:
@@ -99,6 +126,7 @@ def render_markdown(plan: Plan) -> str:
     """For a pull request comment or a CI job summary."""
     out = ["### mailwright plan", "", f"**{plan.summary_line()}**", ""]
     out += [f"> :warning: {finding}; apply needs `--force`." for finding in plan.unsafe]
+    out += [f"> :warning: {warning}." for warning in plan.warnings]
     if plan.drift:
         out += ["", "Drift (restored by apply):", ""]
         out += [f"- `{d.artifact}` ({d.problem})" for d in plan.drift]
@@ -107,7 +135,7 @@ def render_markdown(plan: Plan) -> str:
         for change in plan.changes:
             out += [
                 line.replace(f"  {change.action.symbol} ", f"{change.action.symbol} ", 1)
-                for line in _change_lines(change)
+                for line in _change_lines(change, plan.moves.get(change.address))
             ]
         out += ["```", "", "</details>"]
     if plan.runtime_actions:

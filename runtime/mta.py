@@ -20,12 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from mailwright.runtime.convert import to_rfc5322
+from mailwright.runtime.mailboxmove import MailboxMover, take
 from mailwright.runtime.message import Address, InternalMessage, decode, encode
 from mailwright.runtime.ndr import Failure, non_delivery_report
 from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import MessageQueue, QueueEntry, sleep_until_due
 from mailwright.runtime.router import Decision, Disposition, Router
-from mailwright.runtime.store import DeliveryError, MailStore
+from mailwright.runtime.store import DeliveryError, MailboxMovedError, MailStore
 from mailwright.runtime.tracking import TrackingLog
 from mailwright.runtime.transfer import (
     Endpoint,
@@ -54,7 +55,7 @@ class Mta:
         self.server = config["server"]["name"]
         self.fqdn = config["server"]["fqdn"]
         self.postmaster = f"postmaster@{config['domains'][0]}"
-        self.router = router
+        self._router = router
         home = state / "hosts" / self.server
         self.queue = MessageQueue(home / "queue")
         self.outbox = MessageQueue(home / "outbox")  # for the IMS: mail for the internet
@@ -75,6 +76,24 @@ class Mta:
         self._queued: dict[str, QueueEntry] = {}
         # The IMS's outbound side (ims.Outbound), told of each entry put in the outbox.
         self.outbox_listener: Callable[[QueueEntry], None] | None = None
+        # Brings mail the store holds for mailboxes homed or named otherwise now to them.
+        self.mover = (
+            None
+            if store is None
+            # A lambda: a reload swaps the router.
+            else MailboxMover(store, self.server, lambda alias: self.router.owner(alias), endpoints)  # noqa: PLW0108
+        )
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    @router.setter
+    def router(self, router: Router) -> None:
+        """A reload's new GAL may home or name mailboxes otherwise: the mover looks again."""
+        self._router = router
+        if self.mover is not None:
+            self.mover.wake()
 
     def recover(self) -> list[str]:
         """At the host's start, before anything is queued: MessageQueue.recover of the queue
@@ -108,7 +127,10 @@ class Mta:
             self.adopt(entry)
 
     async def handle_frame(self, verb: str, document: dict[str, Any], peer: str) -> str:
-        """The transfer protocol's policy: XFER from another MTA, SUBMIT from a client."""
+        """The transfer protocol's policy: XFER from another MTA, SUBMIT from a client, MOVE
+        from a mailbox's previous home."""
+        if verb == "MOVE":
+            return await self._take_moved(document)
         try:
             message = decode(document["message"])
             recipients = recipients_from(document["rcpt"])
@@ -132,6 +154,17 @@ class Mta:
             return f"250 2.0.0 {message.message_id}"
         return f"250 2.0.0 queued {message.message_id}"
 
+    async def _take_moved(self, document: dict[str, Any]) -> str:
+        owner = self.router.owner(str(document.get("alias", "")))
+        if owner is None or owner[1] != self.server or self.store is None:
+            # This host may not have reloaded the GAL that homes the mailbox here yet.
+            return f"450 4.2.0 no mailbox {document.get('alias')} is homed on {self.server}"
+        try:
+            taken = await take(self.store, owner[0], document)
+        except (ValueError, TypeError) as exc:
+            return f"554 5.6.0 malformed MOVE: {exc}"
+        return f"250 2.0.0 {taken} taken"
+
     async def _authorize(self, document: dict[str, Any], message: InternalMessage) -> str | None:
         account = await self.accounts.authenticate(
             "submission", str(document.get("user", "")), str(document.get("password", ""))
@@ -150,6 +183,12 @@ class Mta:
     # --- processing ----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        async with asyncio.TaskGroup() as tasks:  # its tasks end with this one
+            if self.mover is not None:
+                tasks.create_task(self.mover.run())
+            await self._deliver_forever()
+
+    async def _deliver_forever(self) -> None:
         await self.rescan()  # what was queued before this start (a crash, a restart)
         while True:
             self._wakeup.clear()
@@ -197,6 +236,8 @@ class Mta:
             outcome = await self._dispose(message, pending.address, decision, hops)
             if isinstance(outcome, Failure):
                 failures.append(outcome)
+            elif isinstance(outcome, str):
+                deferred[pending.address] = outcome
             elif outcome:
                 done.add(pending.address)
         for recipients in internet.values():
@@ -223,9 +264,10 @@ class Mta:
         recipient: Address,
         decision: Decision,
         hops: tuple[dict[str, list[Address]], dict[str, list[Address]]],
-    ) -> Failure | bool:
+    ) -> Failure | bool | str:
         """Deliver, or fail; recipients for another server or for the internet wait in `hops`
-        (by server, by domain), to travel together (False: not done yet)."""
+        (by server, by domain), to travel together (False: not done yet; a text: try again
+        later, for that reason)."""
         if decision.disposition is Disposition.NDR:
             return Failure(recipient, decision.status, decision.reason)
         transfers, internet = hops
@@ -251,7 +293,7 @@ class Mta:
 
     async def _deliver(
         self, message: InternalMessage, recipient: Address, alias: str
-    ) -> Failure | bool:
+    ) -> Failure | bool | str:
         if self.store is None:
             return Failure(recipient, "5.3.0", f"{self.server} has no store")
         uuencoded, charset = self.formats.get(alias, (False, "utf-8"))
@@ -260,6 +302,8 @@ class Mta:
             await mailbox.deliver_message(message, uuencoded=uuencoded, charset=charset)
         except DeliveryError as exc:
             return Failure(recipient, "5.2.2", str(exc))
+        except MailboxMovedError as exc:
+            return str(exc)  # routed again when next tried: to the mailbox's new home
         self.tracking.event(
             "delivered", message.message_id, recipient=recipient.address, mailbox=alias
         )

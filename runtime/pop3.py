@@ -142,7 +142,8 @@ class Pop3Server:
         self.store = store
         self.tls = tls
         self.idle_timeout = idle_timeout
-        self.locked: set[str] = set()  # maildrops held by a session (RFC 1939 §4)
+        # Maildrops held by a session (RFC 1939 §4): the store's, which moves none of them.
+        self.locked = store.locked
         self.version = version("mailwright")
 
     async def start(self, host: str, port: int) -> asyncio.Server:

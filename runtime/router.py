@@ -56,6 +56,13 @@ class Router:
         routes = (Route.from_json(r) for r in gwart["routes"])
         self.routes = tuple(r for r in routes if r.visible_from(self.site, self.location))
         self.recipients = dict(_index(gal["recipients"]))
+        # alias, and every previous alias, -> (alias, home server): whose mail a store folder
+        # holds, and where it belongs (Move Mailbox).
+        self.owners = {
+            name.casefold(): (entry["alias"], entry["home_server"])
+            for entry in gal["recipients"]
+            for name in (entry["alias"], *entry.get("previous_aliases", ()))
+        }
 
     @classmethod
     def load(cls, host: Mapping[str, Any], organization: Path) -> Router:
@@ -63,6 +70,10 @@ class Router:
         shared = [json.loads((organization / f).read_text(encoding="utf-8")) for f in _SHARED]
         gal, gwart = shared
         return cls(host, gal, gwart)
+
+    def owner(self, alias: str) -> tuple[str, str] | None:
+        """(alias, home server) of the mailbox that is or was called `alias`."""
+        return self.owners.get(alias.casefold())
 
     def route(self, kind: str, address: str, message_id: str = "") -> Decision:
         try:

@@ -19,9 +19,10 @@ import contextlib
 import hashlib
 import os
 import re
+import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,16 @@ _NAME = re.compile(r"^(?P<ns>\d+)\.(?P<uid>[0-9a-f]+)\.mailwright,S=(?P<s>\d+),W
 
 class DeliveryError(Exception):
     """The mailbox will not take this message; the reason goes into a non-delivery report."""
+
+
+class MailboxMovedError(Exception):
+    """The mailbox is moving to another home or name: its mail waits in the queue meanwhile,
+    and is routed again (to the new home) when it is next tried."""
+
+
+# A message as Move Mailbox carries it: its Maildir folder (new or cur), its file name (which
+# holds its UIDL, and its flags in cur/), and its bytes.
+MovedMessage = tuple[str, str, bytes]
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,8 @@ class Mailbox:
         self.size_limit = size_limit
         self._lock = threading.Lock()
         self._delivered: set[str] | None = None
+        self.closed = False  # moving away: deliveries raise MailboxMovedError
+        self._in_flight = 0  # deliveries and adoptions under way
 
     def _prepare(self) -> set[str]:
         if self._delivered is None:
@@ -124,7 +137,7 @@ class Mailbox:
 
     def deliver(self, message_id: str, data: bytes) -> bool:
         """Store one message durably; False when this id was delivered here before."""
-        with self._unmarked_on_failure(message_id):
+        with self._writing([message_uid(message_id)]):
             staged = self._write(message_id, data, sync=True)
             if staged is None:
                 return False
@@ -138,7 +151,7 @@ class Mailbox:
         part of the work). The id is logged once the message is durable in new/, as `deliver`
         does, but not fsynced: a log line lost in a crash is made again from the Maildir when
         the mailbox is next opened (_prepare)."""
-        with self._unmarked_on_failure(message_id):
+        with self._writing([message_uid(message_id)]):
             staged = await COMMIT.run(
                 lambda: self._write(message_id, render(), sync=FILES_NEED_FSYNC),
                 self._new,
@@ -150,16 +163,86 @@ class Mailbox:
         return True
 
     @contextlib.contextmanager
-    def _unmarked_on_failure(self, message_id: str) -> Iterator[None]:
-        """_write marks the id delivered at once (a second delivery meanwhile is a duplicate);
-        if the message does not then become durable in new/, it is not delivered after all."""
+    def _writing(self, uids: Iterable[str]) -> Iterator[None]:
+        """One delivery or adoption under way: a mailbox that is moving away takes none, and
+        its move waits for those under way (see close). _write marks the id delivered at once
+        (a second delivery meanwhile is a duplicate); if the message does not then become
+        durable, it is not delivered after all."""
+        with self._lock:
+            if self.closed:
+                raise MailboxMovedError(f"mailbox {self.root.name} is moving")
+            self._in_flight += 1
         try:
             yield
         except BaseException:
             with self._lock:
                 if self._delivered is not None:
-                    self._delivered.discard(message_uid(message_id))
+                    self._delivered.difference_update(uids)
             raise
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    async def adopt_soon(self, moved: list[MovedMessage]) -> int:
+        """Messages moved here from the mailbox's previous home or name (Move Mailbox), durably,
+        each under its own file name in its own folder: its UIDL and flags stay. A message
+        whose id this mailbox has taken before is not taken again, so a batch sent twice (the
+        sender crashed before it forgot the batch) is taken once. Returns how many were new."""
+        taken = 0
+        for folder in ("new", "cur"):
+            batch = [m for m in moved if m[0] == folder]
+            staged: list[tuple[str, str, str]] = []
+            if not batch:
+                continue
+            # Lazily: on failure, the ids of what was staged by then are not delivered.
+            with self._writing(uid for uid, _, _ in staged):
+                await COMMIT.run(
+                    lambda: staged.extend(self._stage_moved(batch)),  # noqa: B023 - awaited here
+                    self.maildir / folder,
+                    lambda _: _rename_all(staged),  # noqa: B023
+                )
+            self._record_all([uid for uid, _, _ in staged])
+            taken += len(staged)
+        return taken
+
+    def _stage_moved(self, batch: list[MovedMessage]) -> list[tuple[str, str, str]]:
+        """The batch's new messages written into tmp/: (uid, that file, its final name)."""
+        with self._lock:
+            delivered = self._prepare()
+            staged = []
+            for folder, name, data in batch:
+                match = _NAME.match(name)
+                if match is None or "/" in name:
+                    raise ValueError(f"{name!r} is not a message file name of this store")
+                if match["uid"] in delivered:
+                    continue
+                temp = f"{self.maildir}/tmp/{name}"
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)  # left by an earlier try that did not finish
+                write_new_file(temp, data, sync=FILES_NEED_FSYNC)
+                delivered.add(match["uid"])
+                staged.append((match["uid"], temp, f"{self.maildir}/{folder}/{name}"))
+            return staged
+
+    def remember(self, uids: list[str]) -> None:
+        """Ids delivered at the mailbox's previous home: a late second delivery of one (an
+        at-least-once hand-off still under way) is a duplicate here too."""
+        with self._lock:
+            delivered = self._prepare()
+            fresh = [uid for uid in uids if uid not in delivered]
+            delivered.update(fresh)
+        self._record_all(fresh)
+
+    def delivered_ids(self) -> list[str]:
+        with self._lock:
+            return sorted(self._prepare())
+
+    def close(self) -> bool:
+        """From now on deliveries here raise MailboxMovedError; True once none is under way
+        (a message written but not yet renamed into place would be missed by a move)."""
+        with self._lock:
+            self.closed = True
+            return self._in_flight == 0
 
     def _write(self, message_id: str, data: bytes, *, sync: bool) -> tuple[str, str, str] | None:
         """The message written into tmp/: (uid, that file, its name in new/); None when this id
@@ -202,10 +285,15 @@ class Mailbox:
         )
 
     def _record(self, uid: str, *, sync: bool = True) -> None:
-        # O_APPEND: one write of a whole line at the end, whoever else appends.
+        self._record_all([uid], sync=sync)
+
+    def _record_all(self, uids: list[str], *, sync: bool = True) -> None:
+        if not uids:
+            return
+        # O_APPEND: one write of whole lines at the end, whoever else appends.
         fd = os.open(self._log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
-            os.write(fd, f"{uid}\n".encode("ascii"))
+            os.write(fd, "".join(f"{uid}\n" for uid in uids).encode("ascii"))
             if sync:
                 os.fsync(fd)
         finally:
@@ -230,6 +318,11 @@ class Mailbox:
         return [message for _, message in sorted(found, key=lambda pair: (pair[0], pair[1].uid))]
 
 
+def _rename_all(staged: list[tuple[str, str, str]]) -> None:
+    for _, temp, final in staged:
+        os.rename(temp, final)
+
+
 class MailStore:
     """All mailboxes of one host: `<state>/hosts/<server>/store/<alias>/Maildir`."""
 
@@ -238,6 +331,7 @@ class MailStore:
         self._limits = size_limits or {}
         self._mailboxes: dict[str, Mailbox] = {}
         self._lock = threading.Lock()
+        self.locked: set[str] = set()  # maildrops a POP3 session holds: not moved meanwhile
 
     def mailbox(self, alias: str) -> Mailbox:
         with self._lock:
@@ -247,3 +341,31 @@ class MailStore:
 
     def deliver(self, alias: str, message_id: str, data: bytes) -> bool:
         return self.mailbox(alias).deliver(message_id, data)
+
+    def folders(self) -> list[str]:
+        """The aliases this store holds mail of (a folder each)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
+
+    def rename(self, old: str, new: str) -> bool:
+        """A renamed mailbox's folder becomes the new alias's in one rename, unless the new
+        alias has a folder already (then False: its messages join it one by one)."""
+        with self._lock:
+            if (self.root / new).exists():
+                return False
+            self._close(old)
+            os.rename(self.root / old, self.root / new)
+            fsync_dir(self.root)
+            return True
+
+    def discard(self, alias: str) -> None:
+        """The folder of a mailbox whose mail has all gone to its new home or name."""
+        with self._lock:
+            self._close(alias)
+            shutil.rmtree(self.root / alias)
+            fsync_dir(self.root)
+
+    def _close(self, alias: str) -> None:
+        if (stale := self._mailboxes.pop(alias, None)) is not None:
+            stale.close()

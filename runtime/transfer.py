@@ -7,9 +7,12 @@ the MTA transfer port (lines end in CRLF; replies carry SMTP-style codes, RFC 34
                              "from": server}>      ->  250 2.0.0 queued <id>
     SUBMIT <octets>\r\n<CBOR: {"user", "password", "message", "rcpt"}>
                                                     ->  250 2.0.0 <message-id>
+    MOVE <octets>\r\n<CBOR: {"alias", "messages": [[folder, file name, bytes]...],
+                             "delivered": [uid...], "from": server}>
+                                                    ->  250 2.0.0 <n> taken
     QUIT                                            ->  221 2.0.0 bye
 
-A 250 is sent only after the message is in the receiver's durable queue.
+A 250 is sent only after the message is in the receiver's durable queue (MOVE: its store).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ MAX_FRAME = 64 * 1024 * 1024
 TIMEOUT = 30.0
 
 Handler = Callable[[str, dict[str, Any], str], Awaitable[str]]
+VERBS = ("XFER", "SUBMIT", "MOVE")
 
 
 class TransferError(Exception):
@@ -71,7 +75,7 @@ async def _answer(handler: Handler, reader: asyncio.StreamReader, line: bytes, p
     verb = verb.upper()
     if verb == "QUIT":
         return "221 2.0.0 bye"
-    if verb not in ("XFER", "SUBMIT") or not size.isdigit():
+    if verb not in VERBS or not size.isdigit():
         return "500 5.5.1 unknown command"
     if int(size) > MAX_FRAME:
         return "552 5.3.4 message too big"

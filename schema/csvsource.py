@@ -1,8 +1,8 @@
 """Directory import: mailboxes bulk-loaded from CSV, one a row, located like YAML.
 
 The header row names Mailbox attributes; nested ones are dotted (`protocols.pop3.enabled`).
-Multi-valued cells (`proxy_addresses`) separate values with `%`, as Exchange 5.5's directory
-import did. An empty cell leaves the attribute unset.
+Multi-valued cells (`proxy_addresses`, `previous_aliases`) separate values with `%`, as
+Exchange 5.5's directory import did. An empty cell leaves the attribute unset.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from mailwright.schema.diagnostics import Position, Problem, SpecPath
 
 MULTI_VALUE_SEPARATOR = "%"
-MULTI_VALUED = frozenset({"proxy_addresses"})
+MULTI_VALUED = frozenset({"proxy_addresses", "previous_aliases"})
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:

@@ -303,6 +303,9 @@ class Mailbox(StrictModel):
     initials: str = ""
     display_name: str | None = None
     proxy_addresses: tuple[ProxyAddressText, ...] = ()
+    # Aliases this mailbox had before (Terraform's `moved`): the plan shows a rename instead of
+    # a removal and a creation, and its mail, UIDLs and queued mail follow it.
+    previous_aliases: tuple[Alias, ...] = ()
     protocols: ProtocolOverrides = ProtocolOverrides()
     size_limit: Size | None = None
 

@@ -92,24 +92,34 @@ class SiteAddresser:
             )
         return f"{self.msmail}/{name}"
 
-    def addresses(self, mailbox: Mailbox) -> tuple[ProxyAddress, ...]:
-        """Every address of the recipient, primaries first in type order, then secondaries.
-
-        As in Exchange, an explicit primary (upper-case type) replaces the generated one,
-        which then stays on as a secondary address. Raises AddressingError.
-        """
-        smtp, x400 = self.smtp(mailbox), self.x400_address(mailbox)
-        generated = (
+    def _generated(self, mailbox: Mailbox) -> tuple[ProxyAddress, ...]:
+        smtp, x400 = self.smtp(mailbox), self.x400_address(mailbox)  # their errors first
+        return (
             ProxyAddress(AddressType.MS, self.ms(mailbox), primary=True),
             ProxyAddress(AddressType.SMTP, smtp, primary=True),
             ProxyAddress(AddressType.X400, x400, primary=True),
         )
-        if not mailbox.proxy_addresses:
+
+    def addresses(self, mailbox: Mailbox) -> tuple[ProxyAddress, ...]:
+        """Every address of the recipient, primaries first in type order, then secondaries.
+
+        As in Exchange, an explicit primary (upper-case type) replaces the generated one,
+        which then stays on as a secondary address; so do the addresses a previous alias
+        generated, so that mail to them (queued mail too) follows a renamed mailbox. Raises
+        AddressingError.
+        """
+        generated = self._generated(mailbox)
+        if not mailbox.proxy_addresses and not mailbox.previous_aliases:
             return generated  # already in order: the tuples sort by type, MS < SMTP < X400
         explicit_primary = {p.type for p in mailbox.proxy_addresses if p.primary}
         everything = [
             *(p._replace(primary=p.type not in explicit_primary) for p in generated),
             *mailbox.proxy_addresses,
+            *(
+                p._replace(primary=False)
+                for previous in mailbox.previous_aliases
+                for p in self._generated(mailbox.model_copy(update={"alias": previous}))
+            ),
         ]
         primaries = sorted(p for p in everything if p.primary)
         seen = {p.key for p in primaries}

@@ -100,6 +100,7 @@ def _check_names(self: Checker) -> None:
     self.unique("site", [(("sites", i, "name"), s.name) for i, s in enumerate(spec.sites)])
     self.unique("server", [((*p, "name"), s.name) for p, _, s in self.servers()])
     self.unique("mailbox alias", [((*p, "alias"), m.alias) for p, m in self.mailboxes])
+    _check_previous_aliases(self)
     self.unique(
         "domain",
         [(("organization", "domains", i), d) for i, d in enumerate(spec.organization.domains)],
@@ -109,6 +110,34 @@ def _check_names(self: Checker) -> None:
         self.unique(
             "location", [(("sites", i, "locations", j), x) for j, x in enumerate(site.locations)]
         )
+
+
+def _check_previous_aliases(self: Checker) -> None:
+    """A previous alias names one mailbox's past: no mailbox has it now, and only one had it."""
+    current = {m.alias.casefold(): m.alias for _, m in self.mailboxes}
+    claimed: dict[str, tuple[SpecPath, str]] = {}
+    for path, mailbox in self.mailboxes:
+        for k, previous in enumerate(mailbox.previous_aliases):
+            where = (*path, "previous_aliases", k)
+            if (owner := current.get(previous.casefold())) is not None:
+                self.error(
+                    where,
+                    "previous-alias-in-use",
+                    f"previous alias '{previous}' of mailbox '{mailbox.alias}' is the alias of "
+                    f"mailbox '{owner}' now",
+                )
+                continue
+            first, owner = claimed.setdefault(previous.casefold(), (where, mailbox.alias))
+            if first is not where:
+                self.problems.append(
+                    Related(
+                        where,
+                        "duplicate-name",
+                        f"previous alias '{previous}' is claimed by mailboxes '{owner}' "
+                        f"and '{mailbox.alias}'",
+                        related=first,
+                    )
+                )
 
 
 def _check_servers(self: Checker) -> None:

@@ -253,7 +253,7 @@ def test_plan_exit_codes_on_an_empty_state(fresh: Workspace) -> None:
     add, change, destroy = counts(text)
     assert add > 0
     assert (change, destroy) == (0, 0)
-    assert "+ mailbox mark@minasi.com" in text
+    assert "+ mailbox Minasi/mark" in text
     ok(detailed, 2)
     ok(expecting, 2)
     assert not fresh.state.exists()  # planning writes nothing
@@ -281,20 +281,20 @@ def test_plan_shows_a_mailbox_change_in_every_format(seed: Workspace) -> None:
         [], ["--summary"], ["--json"], ["--format", "markdown"], ["--expect-no-changes"]
     )
     text = ok(plain)
-    assert "  ~ mailbox paula@minasi.com\n      pop3.enabled: false → true\n" in text
+    assert "  ~ mailbox Minasi/paula\n      pop3.enabled: false → true\n" in text
     assert counts(text) == (0, 2, 0)
     assert text.rstrip().endswith("Plan: 0 to add, 2 to change, 0 to destroy.")
     assert "zone" not in text  # no zone changed, so no new serial
     assert "  restart Minasi/arlington (host config changed)" in text
 
     summary = ok(summarized)
-    assert summary.splitlines() == ["~ mailbox paula@minasi.com", "~ host Minasi/arlington"]
+    assert summary.splitlines() == ["~ mailbox Minasi/paula", "~ host Minasi/arlington"]
 
     document = json.loads(ok(as_json))
     assert document["format_version"]
     by_address = {c["address"]: c for c in document["resource_changes"]}
-    assert set(by_address) == {"mailbox paula@minasi.com", "host Minasi/arlington"}
-    paula = by_address["mailbox paula@minasi.com"]
+    assert set(by_address) == {"mailbox Minasi/paula", "host Minasi/arlington"}
+    paula = by_address["mailbox Minasi/paula"]
     assert paula["kind"] == "mailbox"
     assert paula["actions"] == ["update"]
     assert paula["before"]["pop3.enabled"] is False
@@ -308,21 +308,32 @@ def test_plan_shows_a_mailbox_change_in_every_format(seed: Workspace) -> None:
     markdown = ok(as_markdown)
     assert markdown.startswith("### mailwright plan\n")
     assert "**Plan: 0 to add, 2 to change, 0 to destroy.**" in markdown
-    assert "~ mailbox paula@minasi.com\n      pop3.enabled: false → true\n" in markdown
+    assert "~ mailbox Minasi/paula\n      pop3.enabled: false → true\n" in markdown
     assert "| Minasi/arlington | restart | host config changed |" in markdown
 
     ok(expecting, 2)
 
 
-def test_a_renamed_mailbox_replaces_its_proxy_address(seed: Workspace) -> None:
-    # A surname is part of the X.400 address: the old one is destroyed, the new one added.
+def test_a_changed_surname_is_an_update_of_the_mailbox_and_warns_of_the_lost_address(
+    seed: Workspace,
+) -> None:
+    # A surname is part of the X.400 address: the mailbox keeps its identity (DCNW/pat), its
+    # address changes, and mail to the old one will be refused.
     seed.edit("dcnw.yaml", "surname: Quinn", "surname: Quincy")
     text = ok(seed.plan("--detailed-exitcode"), 2)
-    assert "  - proxy X400:c=US;a= ;p=DCNW;o=Headquarters;s=Quinn;g=Pat;\n" in text
-    assert "  + proxy X400:c=US;a= ;p=DCNW;o=Headquarters;s=Quincy;g=Pat;\n" in text
+    old, new = (f"c=US;a= ;p=DCNW;o=Headquarters;s={s};g=Pat;" for s in ("Quinn", "Quincy"))
+    assert f'  ~ mailbox DCNW/pat\n      address.X400: "{old}" → "{new}"\n' in text
     assert '      display_name: "Pat Quinn" → "Pat Quincy"\n' in text
-    assert counts(text) == (1, 2, 1)
-    assert "Warning" not in text
+    assert counts(text) == (0, 2, 0)
+    assert (
+        f"Warning: mailbox DCNW/pat: mail to X400:{old} will be refused from now on; to keep "
+        f"it, list 'x400:{old}' in the mailbox's proxy_addresses.\n"
+    ) in text
+    warnings = json.loads(ok(seed.plan("--json")))["warnings"]
+    assert warnings == [
+        f"mailbox DCNW/pat: mail to X400:{old} will be refused from now on; to keep it, list "
+        f"'x400:{old}' in the mailbox's proxy_addresses"
+    ]
 
 
 # --- secrets ---------------------------------------------------------------------------------
@@ -351,13 +362,13 @@ def test_password_hashes_are_never_printed(fresh: Workspace) -> None:
     minasi = (fresh.root / "minasi.yaml").read_text()
     fresh.edit("minasi.yaml", password_of(minasi, "paula"), password_of(minasi, "mark"))
     changed = fresh.plans(*formats)
-    assert '  ~ mailbox paula@minasi.com\n      password: "(sensitive)" → "(sensitive)"\n' in (
+    assert '  ~ mailbox Minasi/paula\n      password: "(sensitive)" → "(sensitive)"\n' in (
         changed[0].stdout
     )
     paula = next(
         c
         for c in json.loads(changed[1].stdout)["resource_changes"]
-        if c["address"] == "mailbox paula@minasi.com"
+        if c["address"] == "mailbox Minasi/paula"
     )
     assert paula["before"]["password"] == paula["after"]["password"] == "(sensitive)"
     assert paula["sensitive"] == ["password"]
@@ -456,7 +467,7 @@ def test_apply_on_a_terminal_asks_first(fresh: Workspace) -> None:
             os.close(primary)
             os.close(secondary)
         assert applying.returncode == code, stderr
-        assert "+ mailbox mark@minasi.com" in stdout  # the plan is shown before the question
+        assert "+ mailbox Minasi/mark" in stdout  # the plan is shown before the question
         assert "Only 'yes' will be accepted" in stdout
         if answer == "no":
             assert "Apply cancelled." in stderr
@@ -587,7 +598,7 @@ def test_a_crash_while_writing_the_artifacts_keeps_the_previous_state(
 
     prepared = prepare(load_specs(workspace.specs), state_dir)
     assert not prepared.plan.drift
-    assert prepared.plan.counts()[Action.DELETE] == 1
+    assert prepared.plan.counts()[Action.UPDATE] == 2  # the mailbox and its host config
     assert apply(prepared, state_dir).serial == 2
     on_disk = {
         str(p.relative_to(state_dir.artifacts(2)))
@@ -655,7 +666,7 @@ def test_drift_into_unparseable_files_is_restored(seed: Workspace) -> None:
     text = ok(seed.plan("--expect-no-changes"), 2)
     assert "  ! DCNW/gal.json (modified)\n" in text
     assert "  ! DCNW/gwart.txt (modified)\n" in text
-    assert "  + mailbox jane@dcnw.com\n" in text  # what restoring the GAL brings back
+    assert "  + mailbox DCNW/jane\n" in text  # what restoring the GAL brings back
 
     ok(seed.apply("--auto-approve"))
     restored = seed.state / "artifacts" / "2" / "DCNW"
@@ -720,11 +731,11 @@ def test_blast_radius_counts_mailboxes_and_records_only() -> None:
         )
         for i in range(10)
     }
-    proxies = [Resource("proxy", f"SMTP:p{i}@acme.example", "Acme", {}) for i in range(5)]
+    routes = [Resource("route", f"Acme SMTP:p{i} via x", "Acme", {}) for i in range(5)]
     txt = Resource("record", 'acme.example. TXT "our NS is elsewhere"', "Acme", {"zone": "x"})
     zone = Resource("zone", "acme.example", "Acme", {"serial": 1})
-    before = {r.address: r for r in [*mailboxes.values(), *proxies, txt, zone]}
-    deleted = [ResourceChange(Action.DELETE, r, None) for r in [*proxies, txt]]
+    before = {r.address: r for r in [*mailboxes.values(), *routes, txt, zone]}
+    deleted = [ResourceChange(Action.DELETE, r, None) for r in [*routes, txt]]
     assert unsafe_findings(before, deleted) == []
     deleted += [ResourceChange(Action.DELETE, r, None) for r in list(mailboxes.values())[:4]]
     assert unsafe_findings(before, deleted) == [
@@ -743,7 +754,10 @@ def test_a_removed_mailbox_keeps_its_store_until_purged(seed: Workspace) -> None
     seed.drop_mailbox("minasi.yaml", "paula")
 
     text = ok(seed.apply("--auto-approve"))
-    assert "  - mailbox paula@minasi.com\n" in text
+    assert (
+        "  - mailbox Minasi/paula (its mail goes to retained/ until `mailwright purge Minasi/paula`)\n"
+        in text
+    )
     retained = seed.state / "retained" / "Minasi"
     kept = [p.relative_to(retained) for p in retained.rglob("*") if p.is_file()]
     assert [p.parts[1:] for p in kept] == [("Maildir", "new", "1")]
