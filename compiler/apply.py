@@ -72,7 +72,27 @@ def _prepared(
     state_dir: StateDir, state: State, files: dict[str, str], hashes: dict[str, str]
 ) -> PreparedPlan:
     plan = make_plan(state_dir.applied_files(state, files), state.applied, files)
+    plan.moves = _moves(plan, state_dir)
     return PreparedPlan(plan, files, state.lineage, state.serial, hashes)
+
+
+def _moves(plan: Plan, state_dir: StateDir) -> dict[str, tuple[int, int]]:
+    """The messages and bytes each home server change moves, as the old home's store holds
+    them now (nothing where that store is not on this machine)."""
+    moves = {}
+    for change in plan.changes:
+        if change.action is Action.UPDATE and change.resource.kind == "mailbox":
+            assert change.before is not None and change.after is not None
+            old, new = change.before.attributes, change.after.attributes
+            if old["home_server"] != new["home_server"]:
+                maildir = state_dir.store(old["home_server"], old["alias"]) / "Maildir"
+                files = [p for sub in ("new", "cur") for p in _files(maildir / sub)]
+                moves[change.address] = (len(files), sum(p.stat().st_size for p in files))
+    return moves
+
+
+def _files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
 
 
 def _spec_hashes(compiled: Sequence[Any], files: dict[str, str]) -> dict[str, str]:

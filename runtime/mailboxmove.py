@@ -30,7 +30,7 @@ from typing import Any
 from mailwright.runtime.store import MailStore, MovedMessage, StoredMessage, read_file
 from mailwright.runtime.transfer import Endpoint, TransferError, send_frame
 
-BATCH_MESSAGES = 500
+BATCH_MESSAGES = 100
 BATCH_BYTES = 16 * 1024 * 1024
 RETRY_AFTER = 2.0  # seconds, while a new home is down or a maildrop is in use
 
@@ -69,8 +69,11 @@ class MailboxMover:
         unfinished = False
         for folder in self.store.folders():
             owner = self.owner(folder)
-            if owner is None or owner == (folder, self.server):
-                continue  # a removed mailbox's (apply retains it), or at home
+            if owner == (folder, self.server):
+                self.store.reopen(folder)  # at home (again, if it was moving away)
+                continue
+            if owner is None:
+                continue  # a removed mailbox's: apply retains it
             if folder in self.store.locked:
                 unfinished = True
                 continue
@@ -102,7 +105,8 @@ class MailboxMover:
             moved += len(batch)
         delivered = await loop.run_in_executor(None, mailbox.delivered_ids)
         await sink({"alias": alias, "messages": [], "delivered": delivered})
-        await loop.run_in_executor(None, self.store.discard, folder)
+        if not await loop.run_in_executor(None, self.store.discard, folder):
+            raise OSError(f"mail came back to {folder} during its move")  # the next sweep
         print(f"move: {folder}: {moved} messages to {alias} on {home}", file=sys.stderr, flush=True)
 
     def _local(self, alias: str) -> Sink:
@@ -127,7 +131,7 @@ async def take(store: MailStore, alias: str, document: dict[str, Any]) -> int:
     malformed frame."""
     moved = [_moved(item) for item in document.get("messages", ())]
     mailbox = store.mailbox(alias)
-    mailbox.closed = False  # a mailbox moved back here before its move away had finished
+    mailbox.reopen()  # if it was moving away when it was homed here again
     taken = await mailbox.adopt_soon(moved)
     if delivered := document.get("delivered"):
         if not all(isinstance(uid, str) and uid.isalnum() for uid in delivered):

@@ -244,6 +244,16 @@ class Mailbox:
             self.closed = True
             return self._in_flight == 0
 
+    def reopen(self) -> None:
+        """The mailbox is at home here again (moved back before its move away finished)."""
+        with self._lock:
+            self.closed = False
+
+    def moved_away(self) -> bool:
+        """Closed, nothing under way and no message left: its folder may go."""
+        with self._lock:
+            return self.closed and self._in_flight == 0 and not self.messages()
+
     def _write(self, message_id: str, data: bytes, *, sync: bool) -> tuple[str, str, str] | None:
         """The message written into tmp/: (uid, that file, its name in new/); None when this id
         was delivered here before."""
@@ -335,9 +345,12 @@ class MailStore:
 
     def mailbox(self, alias: str) -> Mailbox:
         with self._lock:
-            if alias not in self._mailboxes:
-                self._mailboxes[alias] = Mailbox(self.root / alias, self._limits.get(alias))
-            return self._mailboxes[alias]
+            return self.mailbox_unlocked(alias)
+
+    def mailbox_unlocked(self, alias: str) -> Mailbox:
+        if alias not in self._mailboxes:
+            self._mailboxes[alias] = Mailbox(self.root / alias, self._limits.get(alias))
+        return self._mailboxes[alias]
 
     def deliver(self, alias: str, message_id: str, data: bytes) -> bool:
         return self.mailbox(alias).deliver(message_id, data)
@@ -359,12 +372,21 @@ class MailStore:
             fsync_dir(self.root)
             return True
 
-    def discard(self, alias: str) -> None:
-        """The folder of a mailbox whose mail has all gone to its new home or name."""
+    def discard(self, alias: str) -> bool:
+        """The folder of a mailbox whose mail has all gone to its new home or name; False
+        (and kept) when mail came back meanwhile (it moved back here)."""
         with self._lock:
-            self._close(alias)
+            if not self.mailbox_unlocked(alias).moved_away():
+                return False
+            self._mailboxes.pop(alias)
             shutil.rmtree(self.root / alias)
             fsync_dir(self.root)
+            return True
+
+    def reopen(self, alias: str) -> None:
+        with self._lock:
+            if (mailbox := self._mailboxes.get(alias)) is not None:
+                mailbox.reopen()
 
     def _close(self, alias: str) -> None:
         if (stale := self._mailboxes.pop(alias, None)) is not None:

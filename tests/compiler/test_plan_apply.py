@@ -755,8 +755,8 @@ def test_a_removed_mailbox_keeps_its_store_until_purged(seed: Workspace) -> None
 
     text = ok(seed.apply("--auto-approve"))
     assert (
-        "  - mailbox Minasi/paula (its mail goes to retained/ until `mailwright purge Minasi/paula`)\n"
-        in text
+        "  - mailbox Minasi/paula (its mail goes to retained/ until "
+        "`mailwright purge Minasi/paula`)\n" in text
     )
     retained = seed.state / "retained" / "Minasi"
     kept = [p.relative_to(retained) for p in retained.rglob("*") if p.is_file()]

@@ -1,0 +1,254 @@
+"""Move Mailbox between two real store hosts, over the transfer protocol, with mail arriving.
+
+Acme's Ann lives on alpha with 500 messages (some read: in cur/ with flags). Her home_server
+becomes beta; the plan says how much mail moves; after the apply the hosts reload and alpha
+sends her mail to beta in MOVE frames while Al keeps submitting mail to her on alpha. At the
+end every message is at beta exactly once, under its own file name (so its POP3 UIDL and its
+flags stay), alpha holds nothing of Ann's, and every acknowledged new message was delivered
+once. The same with alpha or beta killed (kill -9) in the middle of the move and started again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import argon2
+import pytest
+
+from mailwright.runtime.message import Address, Recipient, encode, new_message
+from mailwright.runtime.store import MailStore, message_uid
+from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+
+SEEDED = 500
+SPEC = """\
+organization:
+  name: Acme
+  domains: [acme.test]
+sites:
+  - name: Main
+    addressing:
+      smtp: "%m@acme.test"
+      x400: {{country: US, admd: " ", prmd: ACME}}
+      msmail: {{network: ACME, postoffice: MAIN}}
+    servers:
+      - {{name: alpha, fqdn: alpha.acme.test, ipv4: 10.9.0.1, roles: [store]}}
+      - {{name: beta, fqdn: beta.acme.test, ipv4: 10.9.0.2, roles: [store]}}
+mailboxes:
+  - {{alias: ann, home_server: {ann_home}, password: "{hash}", given_name: Ann, surname: A}}
+  - {{alias: al, home_server: alpha, password: "{hash}", given_name: Al, surname: B}}
+"""
+PASSWORD = "pw-move"
+
+Process = subprocess.Popen[str]
+Mailwright = Callable[..., subprocess.CompletedProcess[str]]
+WaitUntil = Callable[[Callable[[], bool], float, str], None]
+Endpoint = Callable[[Path, str, str], tuple[str, int]]
+# folder/name -> bytes of every message file in a Maildir
+Files = dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def password_hash() -> str:
+    return argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash(PASSWORD)
+
+
+def maildir_files(state: Path, server: str, alias: str) -> Files:
+    maildir = state / "hosts" / server / "store" / alias / "Maildir"
+    return {
+        f"{sub}/{path.name}": path.read_bytes()
+        for sub in ("new", "cur")
+        for path in sorted((maildir / sub).glob("*"))
+    }
+
+
+def seed_mailbox(state: Path, count: int) -> Files:
+    """Ann's mail on alpha before the move, every fifth message read (cur/, flag S)."""
+    store = MailStore(state / "hosts" / "alpha" / "store")
+    for i in range(count):
+        text = f"Message-ID: <seed-{i}@acme.test>\nSubject: seed {i}\n\nbody {i}\n" + "x" * i
+        store.deliver("ann", f"<seed-{i}@acme.test>", text.encode())
+    maildir = state / "hosts" / "alpha" / "store" / "ann" / "Maildir"
+    for path in sorted((maildir / "new").iterdir())[::5]:
+        path.rename(maildir / "cur" / f"{path.name}:2,S")
+    return maildir_files(state, "alpha", "ann")
+
+
+class Sender(threading.Thread):
+    """Al submits mail to Ann on alpha until told to stop; `acknowledged` holds the ids alpha
+    answered 250 for."""
+
+    def __init__(self, state: Path, endpoint: Endpoint) -> None:
+        super().__init__(daemon=True)
+        self.state, self.endpoint = state, endpoint
+        self.acknowledged: list[str] = []
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        asyncio.run(self._send())
+
+    async def _send(self) -> None:
+        while not self.stopping.is_set():
+            message = new_message(
+                Address("al@acme.test", "Al"),
+                recipients=[Recipient(Address("ann@acme.test"))],
+                subject=f"during the move {len(self.acknowledged)}",
+                body="hello\n",
+                domain="acme.test",
+            )
+            document = {
+                "user": "al",
+                "password": PASSWORD,
+                "message": encode(message),
+                "rcpt": recipients_payload([Address("ann@acme.test")]),
+            }
+            try:
+                await send_frame(
+                    *self.endpoint(self.state, "alpha", "transfer"), "SUBMIT", document
+                )
+            except (TransferError, OSError):
+                await asyncio.sleep(0.05)  # alpha is down (killed): no 250, nothing owed
+                continue
+            self.acknowledged.append(message.message_id)
+            await asyncio.sleep(0.01)
+
+
+class Move:
+    """Acme applied with Ann on alpha, her mail seeded, both hosts running."""
+
+    def __init__(  # noqa: PLR0917 - the conftest's fixtures, gathered once
+        self,
+        root: Path,
+        password_hash: str,
+        mailwright: Mailwright,
+        start_host: Callable[[Path, Path], Process],
+        kill_host: Callable[[Process], None],
+        endpoint: Endpoint,
+    ) -> None:
+        self.root, self.hash, self.run = root, password_hash, mailwright
+        self.state = root / "state"
+        self._start, self._kill = start_host, kill_host
+        self.endpoint = endpoint
+        self.apply("alpha")
+        self.seeded = seed_mailbox(self.state, SEEDED)
+        self.hosts = {server: self._start(self.config(server), self.state) for server in HOSTS}
+
+    def write_spec(self, ann_home: str) -> Path:
+        spec = self.root / "acme.yaml"
+        spec.write_text(SPEC.format(ann_home=ann_home, hash=self.hash), encoding="utf-8")
+        return spec
+
+    def apply(self, ann_home: str) -> str:
+        spec = str(self.write_spec(ann_home))
+        done = self.run("apply", spec, "--state", str(self.state), "--auto-approve")
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def plan(self, ann_home: str) -> str:
+        done = self.run("plan", str(self.write_spec(ann_home)), "--state", str(self.state))
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def config(self, server: str) -> Path:
+        serial = max(int(p.name) for p in (self.state / "artifacts").iterdir())
+        return self.state / "artifacts" / str(serial) / "Acme" / "hosts" / f"{server}.json"
+
+    def reload(self) -> None:
+        for process in self.hosts.values():
+            os.kill(process.pid, signal.SIGHUP)
+
+    def kill_and_restart(self, server: str) -> None:
+        self._kill(self.hosts.pop(server))
+        self.hosts[server] = self._start(self.config(server), self.state)
+
+    def moved(self) -> bool:
+        return not (self.state / "hosts" / "alpha" / "store" / "ann").exists()
+
+
+HOSTS = ("alpha", "beta")
+
+
+@pytest.fixture
+def move(  # noqa: PLR0917 - fixtures
+    tmp_path: Path,
+    password_hash: str,
+    mailwright: Mailwright,
+    start_host: Callable[[Path, Path], Process],
+    kill_host: Callable[[Process], None],
+    endpoint: Endpoint,
+) -> Iterator[Move]:
+    move = Move(tmp_path, password_hash, mailwright, start_host, kill_host, endpoint)
+    yield move
+    for process in move.hosts.values():
+        kill_host(process)
+
+
+def delivered_during(state: Path, files: Files) -> Counter[str]:
+    """Message-ID -> how many of Ann's files at beta carry it (the mail sent during the move)."""
+    found: Counter[str] = Counter()
+    for data in files.values():
+        for line in data.split(b"\n"):
+            if line.lower().startswith(b"message-id:"):
+                found[line.split(b":", 1)[1].strip().decode()] += 1
+                break
+    return found
+
+
+@pytest.mark.parametrize("victim", [None, "alpha", "beta"])
+def test_a_move_takes_every_message_once_with_its_uidl_while_mail_arrives(
+    move: Move, victim: str | None, wait_until: WaitUntil
+) -> None:
+    size = sum(len(data) for data in move.seeded.values())
+    plan = move.plan("beta")
+    assert f'      home_server: "alpha" → "beta" (move {SEEDED} messages, {size} bytes)\n' in plan
+    assert "  ~ mailbox Acme/ann\n" in plan
+
+    sender = Sender(move.state, move.endpoint)
+    sender.start()
+    move.apply("beta")
+    move.reload()
+    if victim is not None:
+        beta_ann = move.state / "hosts" / "beta" / "store" / "ann" / "Maildir" / "new"
+        wait_until(lambda: any(beta_ann.glob("*")), 30, "the move to begin")
+        move.kill_and_restart(victim)
+    wait_until(move.moved, 60, "alpha to hand all of Ann's mail to beta")
+    sender.stopping.set()
+    sender.join(10)
+
+    def all_delivered() -> bool:
+        counts = delivered_during(move.state, maildir_files(move.state, "beta", "ann"))
+        return all(counts[i] for i in sender.acknowledged)
+
+    wait_until(all_delivered, 60, "every acknowledged message at beta")
+    at_beta = maildir_files(move.state, "beta", "ann")
+    # Every seeded message under its own name (its UIDL, its flags), with its own bytes.
+    assert {name: at_beta.get(name) for name in move.seeded} == move.seeded
+    counts = delivered_during(move.state, at_beta)
+    assert sender.acknowledged, "nothing was sent during the move"
+    assert not [i for i in sender.acknowledged if counts[i] != 1]
+    assert len(at_beta) == SEEDED + len(sender.acknowledged)
+    uids = [name.split(".")[1] for name in at_beta]
+    assert len(set(uids)) == len(uids)
+    assert message_uid("<seed-0@acme.test>") in uids
+    assert not (move.state / "hosts" / "alpha" / "store" / "ann").exists()
+
+
+def test_moving_back_and_forth_loses_nothing(move: Move, wait_until: WaitUntil) -> None:
+    move.apply("beta")
+    move.reload()
+    move.apply("alpha")
+    move.reload()
+    wait_until(
+        lambda: (
+            not (move.state / "hosts" / "beta" / "store" / "ann").exists()
+            and maildir_files(move.state, "alpha", "ann") == move.seeded
+        ),
+        60,
+        "Ann's mail back on alpha",
+    )
