@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,8 @@ class Checker:
     known: Mapping[int, tuple[ProxyAddress, ...]] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
     proxies: list[tuple[ProxyAddress, ...]] = field(default_factory=list)
+    # previous_aliases entries already found wrong: their addresses are not checked again
+    bad_previous: set[SpecPath] = field(default_factory=set)
 
     def error(self, path: SpecPath, code: str, message: str, at_key: bool = False) -> None:
         self.problems.append(Problem(path, code, message, Severity.ERROR, at_key))
@@ -120,6 +123,7 @@ def _check_previous_aliases(self: Checker) -> None:
         for k, previous in enumerate(mailbox.previous_aliases):
             where = (*path, "previous_aliases", k)
             if (owner := current.get(previous.casefold())) is not None:
+                self.bad_previous.add(where)
                 self.error(
                     where,
                     "previous-alias-in-use",
@@ -129,6 +133,7 @@ def _check_previous_aliases(self: Checker) -> None:
                 continue
             first, owner = claimed.setdefault(previous.casefold(), (where, mailbox.alias))
             if first is not where:
+                self.bad_previous.add(where)
                 self.problems.append(
                     Related(
                         where,
@@ -221,7 +226,23 @@ def _check_mailboxes(self: Checker) -> None:
         if proxies is None:
             proxies = _addresses(self, path, mailbox, homes.get(mailbox.home_server.casefold()))
         self.proxies.append(proxies)
-        _check_proxies(self, path, mailbox, proxies, owners)
+        home = homes.get(mailbox.home_server.casefold())
+        past = _previous_claims(path, mailbox, home[1]) if home and mailbox.previous_aliases else {}
+        _check_proxies(self, path, mailbox, proxies, owners, past=past)
+
+
+def _previous_claims(
+    path: SpecPath, mailbox: Mailbox, addresser: SiteAddresser
+) -> dict[tuple[object, str], SpecPath]:
+    """The addresses only a previous alias gives the mailbox -> where that alias is written."""
+    claims: dict[tuple[object, str], SpecPath] = {}
+    for k, previous in enumerate(mailbox.previous_aliases):
+        with contextlib.suppress(AddressingError):
+            for proxy in addresser.addresses(mailbox.model_copy(update={"alias": previous})):
+                claims.setdefault(proxy.key, (*path, "previous_aliases", k))
+    for proxy in addresser.addresses(mailbox.model_copy(update={"previous_aliases": ()})):
+        claims.pop(proxy.key, None)
+    return claims
 
 
 def _addresses(
@@ -254,6 +275,8 @@ def _check_proxies(
     mailbox: Mailbox,
     proxies: tuple[ProxyAddress, ...],
     owners: dict[tuple[object, str], tuple[SpecPath, str]],
+    *,
+    past: Mapping[tuple[object, str], SpecPath],
 ) -> None:
     explicit = {p.key: k for k, p in enumerate(mailbox.proxy_addresses)}
     if explicit and sum(p.primary for p in mailbox.proxy_addresses) > len(
@@ -269,6 +292,10 @@ def _check_proxies(
         key = (kind, address.casefold())
         k = explicit.get(key) if explicit else None
         mine = claim if k is None else ((*path, "proxy_addresses", k), mailbox.alias)
+        if (where := past.get(key)) is not None:
+            if where in self.bad_previous:
+                continue  # said already: that previous alias is wrong
+            mine = (where, mailbox.alias)
         if (other := owners.setdefault(key, mine)) is not mine:
             self.problems.append(
                 Related(

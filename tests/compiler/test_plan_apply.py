@@ -336,6 +336,36 @@ def test_a_changed_surname_is_an_update_of_the_mailbox_and_warns_of_the_lost_add
     ]
 
 
+def test_a_declared_alias_rename_is_one_update_and_keeps_the_old_addresses(
+    seed: Workspace,
+) -> None:
+    seed.edit("dcnw.yaml", "  - alias: jane\n", "  - alias: janet\n    previous_aliases: [jane]\n")
+    text = ok(seed.plan("--detailed-exitcode"), 2)
+    assert "  ~ mailbox DCNW/janet (renamed from DCNW/jane)\n" in text
+    assert '      alias: "jane" → "janet"\n' in text
+    assert '      address.SMTP: "jane@dcnw.com" → "janet@dcnw.com"\n' in text
+    assert "Warning" not in text  # jane@dcnw.com stays hers, as a secondary address
+    assert counts(text) == (0, 2, 0)  # the mailbox and its home's host config
+    [change] = [
+        c for c in json.loads(ok(seed.plan("--json")))["resource_changes"] if c["kind"] == "mailbox"
+    ]
+    assert (change["address"], change["previous_address"]) == (
+        "mailbox DCNW/janet",
+        "mailbox DCNW/jane",
+    )
+    assert "smtp:jane@dcnw.com" in change["after"]["secondary_addresses"]
+
+
+def test_an_undeclared_alias_rename_is_a_removal_and_a_creation(seed: Workspace) -> None:
+    seed.edit("dcnw.yaml", "  - alias: jane\n", "  - alias: janet\n")
+    text = ok(seed.plan("--detailed-exitcode"), 2)
+    assert (
+        "  - mailbox DCNW/jane (its mail goes to retained/ until `mailwright purge DCNW/jane`)\n"
+        in text
+    )
+    assert "  + mailbox DCNW/janet\n" in text
+
+
 # --- secrets ---------------------------------------------------------------------------------
 
 

@@ -41,7 +41,7 @@ sites:
       - {{name: alpha, fqdn: alpha.acme.test, ipv4: 10.9.0.1, roles: [store]}}
       - {{name: beta, fqdn: beta.acme.test, ipv4: 10.9.0.2, roles: [store]}}
 mailboxes:
-  - {{alias: ann, home_server: {ann_home}, password: "{hash}", given_name: Ann, surname: A}}
+  - {{alias: {ann}, home_server: {ann_home}, password: "{hash}", given_name: Ann, surname: A{was}}}
   - {{alias: al, home_server: alpha, password: "{hash}", given_name: Al, surname: B}}
 """
 PASSWORD = "pw-move"
@@ -139,19 +139,23 @@ class Move:
         self.seeded = seed_mailbox(self.state, SEEDED)
         self.hosts = {server: self._start(self.config(server), self.state) for server in HOSTS}
 
-    def write_spec(self, ann_home: str) -> Path:
+    def write_spec(self, ann_home: str, alias: str) -> Path:
+        """Ann's mailbox on `ann_home`, called `alias` (`ann` before)."""
+        was = "" if alias == "ann" else ", previous_aliases: [ann]"
+        text = SPEC.format(ann=alias, ann_home=ann_home, hash=self.hash, was=was)
         spec = self.root / "acme.yaml"
-        spec.write_text(SPEC.format(ann_home=ann_home, hash=self.hash), encoding="utf-8")
+        spec.write_text(text, encoding="utf-8")
         return spec
 
-    def apply(self, ann_home: str) -> str:
-        spec = str(self.write_spec(ann_home))
+    def apply(self, ann_home: str, alias: str = "ann") -> str:
+        spec = str(self.write_spec(ann_home, alias))
         done = self.run("apply", spec, "--state", str(self.state), "--auto-approve")
         assert done.returncode == 0, done.stderr
         return done.stdout
 
-    def plan(self, ann_home: str) -> str:
-        done = self.run("plan", str(self.write_spec(ann_home)), "--state", str(self.state))
+    def plan(self, ann_home: str, alias: str = "ann") -> str:
+        spec = str(self.write_spec(ann_home, alias))
+        done = self.run("plan", spec, "--state", str(self.state))
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -163,12 +167,37 @@ class Move:
         for process in self.hosts.values():
             os.kill(process.pid, signal.SIGHUP)
 
-    def kill_and_restart(self, server: str) -> None:
+    def kill(self, server: str) -> None:
         self._kill(self.hosts.pop(server))
+
+    def start(self, server: str) -> None:
         self.hosts[server] = self._start(self.config(server), self.state)
+
+    def kill_and_restart(self, server: str) -> None:
+        self.kill(server)
+        self.start(server)
 
     def moved(self) -> bool:
         return not (self.state / "hosts" / "alpha" / "store" / "ann").exists()
+
+    def submit(self, to: str) -> str:
+        """One message from Al to `to`, submitted to alpha; its id once alpha said 250."""
+        message = new_message(
+            Address("al@acme.test", "Al"),
+            recipients=[Recipient(Address(to))],
+            subject="queued",
+            body="hello\n",
+            domain="acme.test",
+        )
+        document = {
+            "user": "al",
+            "password": PASSWORD,
+            "message": encode(message),
+            "rcpt": recipients_payload([Address(to)]),
+        }
+        endpoint = self.endpoint(self.state, "alpha", "transfer")
+        asyncio.run(send_frame(*endpoint, "SUBMIT", document))
+        return message.message_id
 
 
 HOSTS = ("alpha", "beta")
@@ -252,3 +281,38 @@ def test_moving_back_and_forth_loses_nothing(move: Move, wait_until: WaitUntil) 
         60,
         "Ann's mail back on alpha",
     )
+
+
+def test_a_declared_rename_takes_the_folder_in_one_rename(
+    move: Move, wait_until: WaitUntil
+) -> None:
+    plan = move.plan("alpha", "anna")
+    assert "  ~ mailbox Acme/anna (renamed from Acme/ann)\n" in plan
+    assert '      alias: "ann" → "anna"\n' in plan
+    assert "Warning" not in plan  # ann@acme.test stays hers, as a secondary address
+    move.apply("alpha", "anna")
+    move.reload()
+    wait_until(move.moved, 30, "alpha to rename Ann's folder")
+    assert maildir_files(move.state, "alpha", "anna") == move.seeded
+
+
+def test_a_rename_and_move_takes_mail_and_queued_mail_along(
+    move: Move, wait_until: WaitUntil
+) -> None:
+    move.kill("beta")  # mail for Ann's new home waits in alpha's queue meanwhile
+    move.apply("beta", "anna")
+    move.reload()
+    queued = [move.submit("ann@acme.test") for _ in range(5)]
+    move.start("beta")
+    wait_until(move.moved, 60, "alpha to hand Ann's mail to beta")
+    wait_until(
+        lambda: all(
+            delivered_during(move.state, maildir_files(move.state, "beta", "anna"))[i]
+            for i in queued
+        ),
+        60,
+        "the queued mail at beta",
+    )
+    at_beta = maildir_files(move.state, "beta", "anna")
+    assert {name: at_beta.get(name) for name in move.seeded} == move.seeded
+    assert len(at_beta) == SEEDED + len(queued)
