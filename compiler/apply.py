@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -76,18 +76,30 @@ def _prepared(
     return PreparedPlan(plan, files, state.lineage, state.serial, hashes)
 
 
-def _moves(plan: Plan, state_dir: StateDir) -> dict[str, tuple[int, int]]:
-    """The messages and bytes each home server change moves, as the old home's store holds
-    them now (nothing where that store is not on this machine)."""
-    moves = {}
+def _moving(plan: Plan) -> Iterator[tuple[str, Mapping[str, Any], Mapping[str, Any]]]:
+    """(address, before, after) of every mailbox whose mail moves: renamed or homed elsewhere."""
     for change in plan.changes:
         if change.action is Action.UPDATE and change.resource.kind == "mailbox":
             assert change.before is not None and change.after is not None
             old, new = change.before.attributes, change.after.attributes
-            if old["home_server"] != new["home_server"]:
-                maildir = state_dir.store(old["home_server"], old["alias"]) / "Maildir"
-                files = [p for sub in ("new", "cur") for p in _files(maildir / sub)]
-                moves[change.address] = (len(files), sum(p.stat().st_size for p in files))
+            if (old["home_server"], old["alias"]) != (new["home_server"], new["alias"]):
+                yield change.address, old, new
+
+
+def moving_stores(plan: Plan) -> list[tuple[str, str]]:
+    """(old home, old alias) of every mailbox whose mail moves."""
+    return [(old["home_server"], old["alias"]) for _, old, _ in _moving(plan)]
+
+
+def _moves(plan: Plan, state_dir: StateDir) -> dict[str, tuple[int, int]]:
+    """The messages and bytes each home server change moves, as the old home's store holds
+    them now (nothing where that store is not on this machine)."""
+    moves = {}
+    for address, old, new in _moving(plan):
+        if old["home_server"] != new["home_server"]:
+            maildir = state_dir.store(old["home_server"], old["alias"]) / "Maildir"
+            files = [p for sub in ("new", "cur") for p in _files(maildir / sub)]
+            moves[address] = (len(files), sum(p.stat().st_size for p in files))
     return moves
 
 

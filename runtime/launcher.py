@@ -37,6 +37,7 @@ __all__ = [
     "stop_runtime",
     "submit",
     "track",
+    "wait_until_moved",
 ]
 
 
@@ -74,11 +75,50 @@ def launch(
     ensure_running(state_dir, serial, progress)
 
 
+def runtime_enabled() -> bool:
+    return os.environ.get("MAILWRIGHT_RUNTIME", "on") != "off"
+
+
 def ensure_running(state_dir: Path, serial: int, progress: Progress | None = None) -> None:
     """The runtime of `serial` up and answering (unless MAILWRIGHT_RUNTIME=off)."""
-    if os.environ.get("MAILWRIGHT_RUNTIME", "on") != "off":
+    if runtime_enabled():
         start_runtime(state_dir)
         wait_until_running(state_dir, serial, progress=progress)
+
+
+def wait_until_moved(
+    state_dir: Path,
+    stores: Sequence[tuple[str, str]],
+    progress: Progress | None = None,
+    patience: float = 30.0,
+) -> list[str]:
+    """Until the old homes' folders (server, alias) of moved or renamed mailboxes are gone,
+    which their hosts remove once every message is at the new home (see mailboxmove). Gives
+    up after `patience` seconds without a message moved; returns the folders still there (their
+    hosts finish by themselves)."""
+    if not runtime_enabled():
+        return []
+    folders = [state_dir / "hosts" / server / "store" / alias for server, alias in stores]
+    total = remaining = _messages_in(folders)
+    deadline = time.monotonic() + patience
+    while (left := [f for f in folders if f.exists()]) and time.monotonic() < deadline:
+        if progress is not None:
+            progress(total - remaining, total)
+        time.sleep(0.1)
+        if (now := _messages_in(left)) < remaining:
+            remaining, deadline = now, time.monotonic() + patience
+    return [f"{f.parent.parent.name}/{f.name}" for f in folders if f.exists()]
+
+
+def _messages_in(folders: Sequence[Path]) -> int:
+    return sum(_entries(folder / "Maildir" / sub) for folder in folders for sub in ("new", "cur"))
+
+
+def _entries(folder: Path) -> int:
+    try:
+        return len(os.listdir(folder))
+    except FileNotFoundError:  # moved away, or removed meanwhile
+        return 0
 
 
 class LaunchError(Exception):
