@@ -1,0 +1,167 @@
+"""How fast Move Mailbox carries a mailbox from one store host to another.
+
+A two-server organization (alpha and beta, both stores) is applied into a temporary state
+directory with the runtime off; Ann's mailbox on alpha gets N messages (default 10,000) of
+about S bytes (default 4 KiB) through the store's delivery API, a fifth of them read (in cur/
+with a flag). Both hosts run as real processes on 127.0.0.1 (`python -m mailwright.runtime.host`,
+ephemeral ports). Then Ann's home_server becomes beta: `mailwright plan` shows the move (its
+time is printed too), `mailwright apply` writes the new serial, both hosts get SIGHUP, and the
+clock runs until alpha has removed Ann's folder, which it does once beta answered 250 for every
+batch (durable there) and took the delivered-ids log. The script checks that beta holds every
+message under its own file name with its own bytes, and prints messages/s and MiB/s.
+
+Run: .venv/bin/python benchmarks/mailbox_move.py [--messages 10000] [--size 4096]
+A script that prints figures, not a test; `compile_scale.py` runs it as one of its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import argon2
+
+from mailwright.runtime.store import MailStore
+
+SPEC = """\
+organization: {{name: Acme, domains: [acme.test]}}
+sites:
+  - name: Main
+    addressing: {{smtp: "%m@acme.test"}}
+    servers:
+      - {{name: alpha, fqdn: alpha.acme.test, ipv4: 10.9.0.1, roles: [store]}}
+      - {{name: beta, fqdn: beta.acme.test, ipv4: 10.9.0.2, roles: [store]}}
+mailboxes:
+  - {{alias: ann, home_server: {home}, password: "{hash}", given_name: Ann, surname: A}}
+"""
+MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
+
+
+@dataclass
+class MoveResult:
+    messages: int
+    octets: int
+    plan_s: float
+    move_s: float
+    intact: bool
+
+    def report(self) -> list[str]:
+        rate = self.messages / self.move_s
+        mib = self.octets / self.move_s / 2**20
+        return [
+            f"plan of the move (mailwright plan):  {self.plan_s:6.2f} s",
+            f"move of {self.messages} messages ({self.octets / 2**20:.1f} MiB): "
+            f"{self.move_s:6.2f} s = {rate:,.0f} messages/s, {mib:.1f} MiB/s"
+            + ("" if self.intact else "  (NOT INTACT: messages missing or changed at beta)"),
+        ]
+
+
+def _mailwright(state: Path, spec: Path, *args: str) -> str:
+    env = {**os.environ, "MAILWRIGHT_RUNTIME": "off"}
+    done = subprocess.run(
+        [MAILWRIGHT, *args, str(spec), "--state", str(state)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    if done.returncode not in (0, 2):
+        raise SystemExit(f"mailwright {args[0]} failed: {done.stderr}")
+    return done.stdout
+
+
+def _seed(state: Path, messages: int, size: int) -> dict[str, bytes]:
+    store = MailStore(state / "hosts" / "alpha" / "store")
+    filler = ("lorem ipsum " * (size // 12 + 1))[:size]
+    for i in range(messages):
+        text = f"Message-ID: <m{i}@acme.test>\nSubject: message {i}\n\n{filler}\n"
+        store.deliver("ann", f"<m{i}@acme.test>", text.encode())
+    maildir = state / "hosts" / "alpha" / "store" / "ann" / "Maildir"
+    for path in sorted((maildir / "new").iterdir())[::5]:
+        path.rename(maildir / "cur" / f"{path.name}:2,S")
+    return _files(maildir)
+
+
+def _files(maildir: Path) -> dict[str, bytes]:
+    return {
+        f"{sub}/{p.name}": p.read_bytes()
+        for sub in ("new", "cur")
+        for p in (maildir / sub).glob("*")
+    }
+
+
+@contextmanager
+def _host(config: Path, state: Path) -> Iterator[subprocess.Popen[str]]:
+    ports = ("--pop3-port", "0", "--transfer-port", "0", "--smtp-port", "0", "--dns-port", "0")
+    where = ("--state", str(state), "--bind", "127.0.0.1")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailwright.runtime.host", str(config), *where, *ports],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        ready, _, _ = select.select([process.stdout], [], [], 30)
+        if not ready or not process.stdout.readline().startswith("ready "):
+            raise SystemExit(f"{config.stem} did not start")
+        yield process
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def measure_move(messages: int = 10_000, size: int = 4096) -> MoveResult:
+    with tempfile.TemporaryDirectory(prefix="mailwright-move-") as folder:
+        root = Path(folder)
+        state, spec = root / "state", root / "acme.yaml"
+        hasher = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+        password_hash = hasher.hash("bench")
+        spec.write_text(SPEC.format(home="alpha", hash=password_hash), encoding="utf-8")
+        _mailwright(state, spec, "apply", "--auto-approve")
+        seeded = _seed(state, messages, size)
+        configs = state / "artifacts" / "1" / "Acme" / "hosts"
+        with (
+            _host(configs / "alpha.json", state) as alpha,
+            _host(configs / "beta.json", state) as beta,
+        ):
+            spec.write_text(SPEC.format(home="beta", hash=password_hash), encoding="utf-8")
+            started = time.perf_counter()
+            _mailwright(state, spec, "plan")
+            plan_s = time.perf_counter() - started
+            _mailwright(state, spec, "apply", "--auto-approve")
+            started = time.perf_counter()
+            for process in (alpha, beta):
+                os.kill(process.pid, signal.SIGHUP)
+            old = state / "hosts" / "alpha" / "store" / "ann"
+            while old.exists():
+                time.sleep(0.01)
+            move_s = time.perf_counter() - started
+        at_beta = _files(state / "hosts" / "beta" / "store" / "ann" / "Maildir")
+        octets = sum(len(data) for data in seeded.values())
+        return MoveResult(messages, octets, plan_s, move_s, at_beta == seeded)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=4096, help="bytes of each message's body")
+    args = parser.parse_args(argv)
+    result = measure_move(args.messages, args.size)
+    for line in result.report():
+        print(line)
+    return 0 if result.intact else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
