@@ -15,6 +15,7 @@ import json
 import os
 import poplib
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,3 +217,18 @@ def _no_background_runtime() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MAILWRIGHT_RUNTIME", "off")
         yield
+
+
+def _require_tool(name: str) -> str:
+    """The path of an outside tool; skip without it, fail if MAILWRIGHT_REQUIRE_TOOLS=1."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is not installed and MAILWRIGHT_REQUIRE_TOOLS=1")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def require_tool() -> Callable[[str], str]:
+    return _require_tool
