@@ -10,6 +10,12 @@ clock runs until alpha has removed Ann's folder, which it does once beta answere
 batch (durable there) and took the delivered-ids log. The script checks that beta holds every
 message under its own file name with its own bytes, and prints messages/s and MiB/s.
 
+The anchor, when Dovecot is installed (`dovecot-core`): a private Dovecot instance (generated
+minimal config, no protocols, run as `nobody`, stopped by its pid) copies the same Maildir to a
+new location with dsync (`doveadm backup -u ann maildir:DEST`), its way to migrate a mailbox,
+on the same machine; its time covers the copy and its index files. It moves nothing between
+processes over a network and forgets nothing at the source, so it is the cheaper job.
+
 Run: .venv/bin/python benchmarks/mailbox_move.py [--messages 10000] [--size 4096]
 A script that prints figures, not a test; `compile_scale.py` runs it as one of its figures.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -54,16 +61,28 @@ class MoveResult:
     plan_s: float
     move_s: float
     intact: bool
+    dsync_s: float | None = None  # Dovecot's `doveadm backup` of the same Maildir
 
     def report(self) -> list[str]:
-        rate = self.messages / self.move_s
-        mib = self.octets / self.move_s / 2**20
-        return [
+        lines = [
             f"plan of the move (mailwright plan):  {self.plan_s:6.2f} s",
-            f"move of {self.messages} messages ({self.octets / 2**20:.1f} MiB): "
-            f"{self.move_s:6.2f} s = {rate:,.0f} messages/s, {mib:.1f} MiB/s"
+            f"mailwright Move Mailbox of {self.messages} messages "
+            f"({self.octets / 2**20:.1f} MiB): {self._rate(self.move_s)}"
             + ("" if self.intact else "  (NOT INTACT: messages missing or changed at beta)"),
         ]
+        if self.dsync_s is None:
+            return [*lines, "Dovecot not installed: mailwright measured alone"]
+        return [
+            *lines,
+            f"Dovecot dsync (doveadm backup), same Maildir:   {self._rate(self.dsync_s)}",
+            f"ratio mailwright / Dovecot: {self.dsync_s / self.move_s:.2f}x",
+        ]
+
+    def _rate(self, seconds: float) -> str:
+        return (
+            f"{seconds:6.2f} s = {self.messages / seconds:,.0f} messages/s, "
+            f"{self.octets / seconds / 2**20:.1f} MiB/s"
+        )
 
 
 def _mailwright(state: Path, spec: Path, *args: str) -> str:
@@ -121,6 +140,51 @@ def _host(config: Path, state: Path) -> Iterator[subprocess.Popen[str]]:
         process.wait(10)
 
 
+DOVECOT_CONF = """\
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols =
+ssl = no
+mail_location = maildir:{base}/src/%u/Maildir
+passdb {{
+  driver = static
+  args = password=unused
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={base}/src/%u
+}}
+"""
+
+
+def measure_dsync(maildir: Path, base: Path) -> float | None:
+    """Seconds Dovecot's dsync takes to copy `maildir` (as user ann) to a new Maildir."""
+    dovecot, doveadm = shutil.which("dovecot"), shutil.which("doveadm")
+    if dovecot is None or doveadm is None:
+        return None
+    base.parent.chmod(0o755)  # Dovecot's user must reach the copies (the folder is 0700)
+    shutil.copytree(maildir, base / "src" / "ann" / "Maildir")
+    for folder in ("run", "state", "dst"):
+        (base / folder).mkdir()
+    subprocess.run(
+        ["chown", "-R", "nobody:nogroup", str(base / "src"), str(base / "dst")], check=True
+    )
+    conf = base / "dovecot.conf"
+    conf.write_text(DOVECOT_CONF.format(base=base), encoding="utf-8")
+    server = subprocess.Popen([dovecot, "-F", "-c", str(conf)])
+    try:
+        while not (base / "run" / "auth-userdb").exists():
+            time.sleep(0.05)
+        started = time.perf_counter()
+        copy = [doveadm, "-c", str(conf), "backup", "-u", "ann", f"maildir:{base}/dst/Maildir"]
+        subprocess.run(copy, check=True)
+        return time.perf_counter() - started
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
 def measure_move(messages: int = 10_000, size: int = 4096) -> MoveResult:
     with tempfile.TemporaryDirectory(prefix="mailwright-move-") as folder:
         root = Path(folder)
@@ -147,9 +211,11 @@ def measure_move(messages: int = 10_000, size: int = 4096) -> MoveResult:
             while old.exists():
                 time.sleep(0.01)
             move_s = time.perf_counter() - started
-        at_beta = _files(state / "hosts" / "beta" / "store" / "ann" / "Maildir")
+        maildir = state / "hosts" / "beta" / "store" / "ann" / "Maildir"
         octets = sum(len(data) for data in seeded.values())
-        return MoveResult(messages, octets, plan_s, move_s, at_beta == seeded)
+        result = MoveResult(messages, octets, plan_s, move_s, _files(maildir) == seeded)
+        result.dsync_s = measure_dsync(maildir, root / "dovecot")
+        return result
 
 
 def main(argv: list[str] | None = None) -> int:
