@@ -50,7 +50,7 @@ from mailwright.runtime.ims import (
     smtp_server,
 )
 from mailwright.runtime.message import Address, Attachment, InternalMessage, Recipient, new_message
-from mailwright.runtime.mta import Mta
+from mailwright.runtime.mta import HostStore, Mta
 from mailwright.runtime.nameserver import Authority, NameServer
 from mailwright.runtime.ndr import REPORT_FLAG, is_report
 from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
@@ -184,7 +184,7 @@ def start_ims(  # noqa: PLR0917 - fixtures
             else:
                 settings[key] = value
         config = {**arlington, "ims": settings}
-        store = MailStore(state / "hosts" / "arlington" / "store")
+        store = HostStore(state / "hosts" / "arlington" / "store")
         accounts = Pop3Accounts(fast_accounts)
         router = Router.load(config, seed_artifacts / "Minasi")
         mta = Mta(config, router, state, store, accounts, endpoints_in(state))
@@ -813,7 +813,7 @@ def gateway(
 ) -> Iterator[Gateway]:
     config = json.loads((sender_artifacts / "hosts" / "gw.json").read_text(encoding="utf-8"))
     state = tmp_path / "state"
-    store = MailStore(state / "hosts" / "gw" / "store")
+    store = HostStore(state / "hosts" / "gw" / "store")
     router = Router.load(config, sender_artifacts)
     mta = Mta(config, router, state, store, Pop3Accounts({}), endpoints_in(state))
     exchangers: dict[str, tuple[str, int]] = {}
