@@ -3,8 +3,9 @@
 A host is `python -m mailwright.runtime.host` on 127.0.0.1 with ephemeral ports, started with
 subprocess.Popen and stopped by its pid (SIGTERM, then SIGKILL) when the test module ends. Its
 stderr goes to `<state>/hosts/<server>/stderr.log`, so a failure can show what the host said.
-Test modules cannot import this file (no packages under tests/), so everything is handed out as
-fixtures whose types are the standard library's.
+Outside tools (curl, swaks, Postfix's smtp-source) are found with `require_tool`, for every test
+folder. Test modules cannot import this file (no packages under tests/), so everything is handed
+out as fixtures whose types are the standard library's.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import poplib
 import select
+import shutil
 import signal
 import subprocess
 import sys
@@ -206,6 +208,21 @@ def wait_until() -> Callable[[Callable[[], bool], float, str], None]:
             time.sleep(0.05)
 
     return wait
+
+
+def _require_tool(name: str) -> str:
+    """The path of an outside tool; skip without it, fail if MAILWRIGHT_REQUIRE_TOOLS=1."""
+    path = shutil.which(name)
+    if path is None:
+        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is not installed and MAILWRIGHT_REQUIRE_TOOLS=1")
+        pytest.skip(f"{name} is not installed")
+    return path
+
+
+@pytest.fixture
+def require_tool() -> Callable[[str], str]:
+    return _require_tool
 
 
 @pytest.fixture(autouse=True, scope="session")

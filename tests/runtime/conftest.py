@@ -1,4 +1,4 @@
-"""Shared fixtures of the runtime tests: real POP3 servers on loopback, outside tools, the seed.
+"""Shared fixtures of the runtime tests: real POP3 servers on loopback, the seed.
 
 Servers run in-process on an event loop of their own in a background thread, so the tests can
 talk to them with blocking clients (poplib, raw sockets, curl, fetchmail). Test modules cannot
@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import poplib
-import shutil
 import ssl
 import subprocess
 import sys
@@ -45,21 +43,6 @@ T = TypeVar("T")
 # Cheap argon2id parameters: the seed's hashes take ~0.4 s each to verify, too slow for a test
 # that logs in dozens of times. verify_password reads the parameters from the hash itself.
 _FAST_HASHER = argon2.PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
-
-
-def _require_tool(name: str) -> str:
-    """The path of an outside tool; skip without it, fail if MAILWRIGHT_REQUIRE_TOOLS=1."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{name} is not installed and MAILWRIGHT_REQUIRE_TOOLS=1")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-@pytest.fixture
-def require_tool() -> Callable[[str], str]:
-    return _require_tool
 
 
 # --- the seed -------------------------------------------------------------------------------
