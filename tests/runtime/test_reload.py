@@ -13,6 +13,7 @@ import json
 import poplib
 import shutil
 import signal
+import smtplib
 import subprocess
 import threading
 from collections.abc import Callable
@@ -179,24 +180,32 @@ def _loaded(state: Path) -> dict[str, Any]:
     return report
 
 
-def test_a_host_whose_reload_fails_keeps_serving_what_it_runs(
-    tmp_path: Path,
-    mailwright: Callable[..., subprocess.CompletedProcess[str]],
-    start_host: Callable[[Path, Path], Process],
-    endpoint: Callable[[Path, str, str], tuple[str, int]],
-    wait_until: Callable[[Callable[[], bool], float, str], None],
-) -> None:
+@pytest.fixture
+def applied(
+    tmp_path: Path, mailwright: Callable[..., subprocess.CompletedProcess[str]]
+) -> tuple[Path, Path]:
+    """Minasi of the seed applied (runtime off; the tests run Arlington): its spec, its state."""
     spec = tmp_path / "minasi.yaml"
     shutil.copy(ROOT / "examples/seed/minasi.yaml", spec)
     state = tmp_path / "state"
     done = mailwright("apply", str(spec), "--state", str(state), "--auto-approve")
     assert done.returncode == 0, done.stderr
+    return spec, state
+
+
+def test_a_host_whose_reload_fails_keeps_serving_what_it_runs(
+    applied: tuple[Path, Path],
+    start_host: Callable[[Path, Path], Process],
+    endpoint: Callable[[Path, str, str], tuple[str, int]],
+    wait_until: Callable[[Callable[[], bool], float, str], None],
+) -> None:
+    _, state = applied
     host = start_host(state / "artifacts/1/Minasi/hosts/arlington.json", state)
     assert _loaded(state) == {"serial": None, "failed": None}  # started by hand, not by serial
 
     state_file = state / "state.json"
-    applied = state_file.read_text(encoding="utf-8")
-    state_file.write_text(json.dumps({**json.loads(applied), "serial": 7}), encoding="utf-8")
+    text = state_file.read_text(encoding="utf-8")
+    state_file.write_text(json.dumps({**json.loads(text), "serial": 7}), encoding="utf-8")
     host.send_signal(signal.SIGHUP)
     wait_until(lambda: _loaded(state)["failed"] is not None, 10, "the failed reload")
     assert _loaded(state)["failed"]["serial"] == 7
@@ -205,6 +214,38 @@ def test_a_host_whose_reload_fails_keeps_serving_what_it_runs(
     client = poplib.POP3(*endpoint(state, "arlington", "pop3"), timeout=10)
     assert client.quit().startswith(b"+OK")
 
-    state_file.write_text(applied, encoding="utf-8")
+    state_file.write_text(text, encoding="utf-8")
     host.send_signal(signal.SIGHUP)
     wait_until(lambda: _loaded(state) == {"serial": 1, "failed": None}, 10, "the reload")
+
+
+def test_the_ims_in_the_host_process_follows_a_reload(  # noqa: PLR0917 - fixtures
+    applied: tuple[Path, Path],
+    mailwright: Callable[..., subprocess.CompletedProcess[str]],
+    start_host: Callable[[Path, Path], Process],
+    endpoint: Callable[[Path, str, str], tuple[str, int]],
+    wait_until: Callable[[Callable[[], bool], float, str], None],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec, state = applied
+    monkeypatch.setenv("MAILWRIGHT_IMS_WORKERS", "0")  # SMTP served by the host itself
+    host = start_host(state / "artifacts/1/Minasi/hosts/arlington.json", state)
+    smtp = endpoint(state, "arlington", "smtp")
+    assert _rcpt(smtp, "newbie@minasi.com") == 550
+    text = spec.read_text(encoding="utf-8")
+    mark = text[text.index("  - alias: mark") : text.index("  - alias: paula")]
+    newbie = mark.replace("mark", "newbie").replace("Mark", "Newbie")
+    spec.write_text(text.replace(mark, mark + newbie), encoding="utf-8")
+    done = mailwright("apply", str(spec), "--state", str(state), "--auto-approve")
+    assert done.returncode == 0, done.stderr
+    host.send_signal(signal.SIGHUP)
+    wait_until(lambda: _loaded(state)["serial"] == 2, 10, "the reload")
+    assert _rcpt(smtp, "newbie@minasi.com") == 250
+
+
+def _rcpt(smtp: tuple[str, int], recipient: str) -> int:
+    with smtplib.SMTP(*smtp, timeout=10) as client:
+        client.ehlo()
+        client.mail("sender@example.net")
+        code, _ = client.rcpt(recipient)
+        return code
