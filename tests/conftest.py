@@ -18,6 +18,7 @@ import poplib
 import select
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -208,6 +209,20 @@ def wait_until() -> Callable[[Callable[[], bool], float, str], None]:
             time.sleep(0.05)
 
     return wait
+
+
+@pytest.fixture(scope="session")
+def rcpt() -> Callable[[tuple[str, int], str], int]:
+    """The reply code an SMTP server (`(host, port)`) gives to RCPT TO a recipient."""
+
+    def probe(smtp: tuple[str, int], recipient: str) -> int:
+        with smtplib.SMTP(*smtp, timeout=10) as client:
+            client.ehlo()
+            client.mail("sender@example.net")
+            code, _ = client.rcpt(recipient)
+            return code
+
+    return probe
 
 
 def _require_tool(name: str) -> str:
