@@ -20,6 +20,7 @@ import os
 import signal
 import ssl
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -164,7 +165,10 @@ class Host:
         while True:
             await self.wanted.wait()
             self.wanted.clear()
-            await self.reload()
+            try:
+                await self.reload()
+            except Exception:  # a part that could not take the serial in must not end reloads
+                traceback.print_exc()
 
     async def reload(self) -> None:
         """The state's current serial, read off the event loop and then taken in by every part:
