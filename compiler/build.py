@@ -69,8 +69,8 @@ def compile_organization(
     for zone in render_zones(loaded, previous, today):
         out.files[f"zones/{zone.origin}.zone"] = zone.text
         out.zones[zone.origin] = {"content_hash": zone.content_hash, "serial": zone.serial}
-    # Hosts name the shared artifacts they read; a change to those alone reloads a host,
-    # a change to its own config restarts it.
+    # Hosts name the shared artifacts they read; a change to those, or to a host's own config,
+    # reloads the host, unless what it listens on changed (runtime/hostchange.py).
     shared = [
         "gal.json",
         "gwart.json",

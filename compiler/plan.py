@@ -19,6 +19,7 @@ import orjson
 from dns.exception import DNSException
 
 from mailwright.compiler.gal import RECIPIENT_INDENT, recipient_line
+from mailwright.runtime.launcher import runtime_action
 from mailwright.schema.loader import gc_paused
 
 SENSITIVE = "(sensitive)"
@@ -393,24 +394,20 @@ def _renames(changes: list[ResourceChange]) -> list[ResourceChange]:
 
 
 def runtime_actions(old: Mapping[str, str], new: Mapping[str, str]) -> list[RuntimeAction]:
-    """A new host starts, a removed one stops, a changed config restarts its host, and a change
-    to the shared artifacts alone (GAL, servers, zones) has the organization's hosts reload."""
+    """A new host starts, a removed one stops; a changed one restarts only if what it listens
+    on changed, and reloads for anything else, as does a host whose organization's shared
+    artifacts (GAL, GWART, servers, zones) changed. The runtime decides which (the launcher's
+    runtime_action), as its supervisor does."""
     actions = []
     shared: dict[str, list[str]] = {}
     for name in sorted(n for n in set(old) | set(new) if "/hosts/" in n):
         organization, _, file = name.partition("/hosts/")
-        host = f"{organization}/{file.removesuffix('.json')}"
         if organization not in shared:
             shared[organization] = _shared_changes(organization, old, new)
-        if name not in old:
-            actions.append(RuntimeAction(host, "start", "new host"))
-        elif name not in new:
-            actions.append(RuntimeAction(host, "stop", "host removed from the spec"))
-        elif old[name] != new[name]:
-            actions.append(RuntimeAction(host, "restart", "host config changed"))
-        elif shared[organization]:
-            reason = f"{', '.join(shared[organization])} changed"
-            actions.append(RuntimeAction(host, "reload", reason))
+        decided = runtime_action(old.get(name), new.get(name), shared[organization])
+        if decided is not None:
+            host = f"{organization}/{file.removesuffix('.json')}"
+            actions.append(RuntimeAction(host, *decided))
     return actions
 
 

@@ -1,24 +1,26 @@
 """One host's runtime process: reads its compiled `hosts/<server>.json`, serves its roles.
 
-    python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1]
+    python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1] [--serial N]
                                      [--pop3-port N] [--transfer-port N] [--dns-port N]
                                      [--smtp-port N]
 
 Every host runs an MTA (the internal transfer port); a store host adds the mailbox store and
 its POP3 server. Once it listens the process writes `<state>/hosts/<server>/endpoints.json` and
-prints one line `ready pop3=HOST:PORT transfer=HOST:PORT`; it stops cleanly on SIGTERM/SIGINT.
+`loaded.json` (the serial it runs), and prints one line `ready pop3=HOST:PORT ...`; it stops
+cleanly on SIGTERM/SIGINT. On SIGHUP it reloads the state's current serial (its own config,
+the GAL, GWART and zones) without closing any session, and reports the serial it then runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import signal
 import ssl
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ import uvloop
 
 from mailwright.runtime import transfer
 from mailwright.runtime.ims import (
+    OUTBOUND_MODES,
     InboundHandler,
     Outbound,
     resolver_endpoint,
@@ -34,10 +37,10 @@ from mailwright.runtime.ims import (
     smtp_server,
 )
 from mailwright.runtime.imsworker import ImsWorkers, worker_count
-from mailwright.runtime.mta import Mta
-from mailwright.runtime.nameserver import Authority, NameServer, load_zones
-from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server, accounts_from_host
-from mailwright.runtime.router import Router
+from mailwright.runtime.mta import Mta, size_limits
+from mailwright.runtime.nameserver import NameServer
+from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server
+from mailwright.runtime.snapshot import Snapshot, SnapshotError, steady_heap
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
 from mailwright.runtime.transfer import endpoints_in
@@ -45,8 +48,7 @@ from mailwright.runtime.transfer import endpoints_in
 
 def store_for(config: dict[str, Any], state: Path) -> MailStore:
     server = config["server"]["name"]
-    limits = {m["alias"]: m["size_limit"] for m in config["mailboxes"]}
-    return MailStore(state / "hosts" / server / "store", limits)
+    return MailStore(state / "hosts" / server / "store", size_limits(config))
 
 
 def tls_context(config: dict[str, Any], state: Path) -> ssl.SSLContext:
@@ -67,95 +69,158 @@ def pop3_server(
     return Pop3Server(accounts, store, tls_context(config, state), idle_timeout=idle_timeout)
 
 
-def _write_endpoints(folder: Path, endpoints: dict[str, str]) -> None:
-    """Where this host listens, for its peers and for `mailwright send` (atomic: tmp + rename)."""
+def _write_report(folder: Path, name: str, document: dict[str, Any]) -> None:
+    """A report of this host for its peers, the supervisor and `mailwright send` (where it
+    listens, which serial it runs): atomic, a temporary file renamed."""
     folder.mkdir(parents=True, exist_ok=True)
-    temp = folder / ".endpoints.json.tmp"
-    temp.write_text(json.dumps(endpoints, sort_keys=True), encoding="utf-8")
-    os.replace(temp, folder / "endpoints.json")
+    temp = folder / f".{name}.tmp"
+    temp.write_text(json.dumps(document, sort_keys=True), encoding="utf-8")
+    os.replace(temp, folder / name)
 
 
-async def serve(config_path: Path, state: Path, bind: str, ports: dict[str, int]) -> None:
-    config = json.loads(config_path.read_text(encoding="utf-8"))
+async def serve(
+    config_path: Path, state: Path, bind: str, ports: dict[str, int], serial: int | None = None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    services = config["server"]["services"]
-    mta = _mta(config, config_path, state)
+    snapshot = Snapshot.read(config_path, serial)
+    host = Host(state, bind, snapshot, _mta(snapshot, state))
     steady_heap()
-    store, accounts = mta.store, mta.accounts
-    listeners = {"transfer": await transfer.serve(mta.handle_frame, bind, ports["transfer"])}
-    if store is not None:
-        pop3 = pop3_server(config, state, store, accounts)
-        listeners["pop3"] = await pop3.start(bind, ports["pop3"])
-    tasks = [loop.create_task(mta.run())]
-    inbound = None
-    if "smtp" in services:
-        ims = config["ims"]
-        address = (bind, ports["smtp"])
-        inbound = await SmtpInbound.start(
-            mta, accounts, config, config_path=config_path, state=state, address=address
-        )
-        if ims["transfer_mode"] in ("inbound_and_outbound", "outbound_only"):
-            outbound = Outbound(
-                mta, ims, resolver_endpoint(state), smtp_endpoints(state), source=bind
-            )
-            tasks.append(loop.create_task(outbound.run()))
-    endpoints = {name: _address(listener) for name, listener in listeners.items()}
-    if inbound is not None:
-        endpoints["smtp"] = inbound.address
-    nameserver = None
-    if "dns" in services:
-        # The local runtime's one resolver answers for every organization applied together.
-        zones = load_zones(sorted(config_path.parent.parent.parent.glob("*/zones/*.zone")))
-        nameserver = NameServer(Authority(zones))
-        host, port = await nameserver.start(bind, ports["dns"])
-        endpoints["dns"] = f"{host}:{port}"
-    _write_endpoints(state / "hosts" / config["server"]["name"], endpoints)
-
-    def reload() -> None:
-        """SIGHUP: the shared artifacts (GAL, zones) of the state's current serial."""
-        current = _current(state, config_path)
-        mta.router = current_router(config, state, config_path)
-        if inbound is not None:
-            inbound.reload()
-        if nameserver is not None:
-            nameserver.authority = Authority(
-                load_zones(sorted(current.parents[2].glob("*/zones/*.zone")))
-            )
-
-    loop.add_signal_handler(signal.SIGHUP, reload)
+    endpoints = await host.listen(ports)
+    host.report_loaded()
+    _write_report(host.folder, "endpoints.json", endpoints)
+    loop.add_signal_handler(signal.SIGHUP, host.wanted.set)
+    reloads = loop.create_task(host.follow_reloads())
     print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
     await stop.wait()
-    if inbound is not None:
-        await inbound.stop()
-    for task in tasks:
-        task.cancel()
-    if nameserver is not None:
-        await nameserver.stop()
-    for listener in listeners.values():
-        listener.close()
-        await listener.wait_closed()
+    reloads.cancel()
+    await host.stop()
 
 
-def steady_heap() -> None:
-    """What a process loaded to serve (its config, the GAL, the GWART) stays until it exits:
-    out of the cyclic collector's sight (gc.freeze), which need not walk it again and again;
-    and the young generation collected every 20,000 allocations instead of 700, as a message
-    makes thousands (measured with the seed's organization: 1 to 3% less CPU a message). The
-    few cycles an SMTP session leaves (aiosmtpd's tables of bound methods) are still
-    collected."""
-    gc.freeze()
-    gc.set_threshold(20_000)
+class Host:
+    """The running parts of one host, and how a reload reaches each of them."""
+
+    def __init__(self, state: Path, bind: str, snapshot: Snapshot, mta: Mta) -> None:
+        self.state = state
+        self.bind = bind
+        self.snapshot = snapshot  # what it runs
+        self.folder = state / "hosts" / snapshot.config["server"]["name"]
+        self.mta = mta
+        self.listeners: dict[str, asyncio.Server] = {}
+        self.pop3: Pop3Server | None = None
+        self.inbound: SmtpInbound | None = None
+        self.outbound: Outbound | None = None
+        self._sending: asyncio.Task[None] | None = None  # the outbound's run
+        self.nameserver: NameServer | None = None
+        self.tasks: list[asyncio.Task[None]] = []
+        self.wanted = asyncio.Event()  # a reload, asked for by SIGHUP
+        self.failed: dict[str, Any] | None = None  # the last reload, if it failed
+
+    async def listen(self, ports: dict[str, int]) -> dict[str, str]:
+        """Serve every role of the config; where each service listens."""
+        config, state, mta = self.snapshot.config, self.state, self.mta
+        self.listeners["transfer"] = await transfer.serve(
+            mta.handle_frame, self.bind, ports["transfer"]
+        )
+        if mta.store is not None:
+            self.pop3 = pop3_server(config, state, mta.store, mta.accounts)
+            self.listeners["pop3"] = await self.pop3.start(self.bind, ports["pop3"])
+        self.tasks.append(asyncio.get_running_loop().create_task(mta.run()))
+        endpoints = {name: _address(listener) for name, listener in self.listeners.items()}
+        if "smtp" in config["server"]["services"]:
+            address = (self.bind, ports["smtp"])
+            self.inbound = await SmtpInbound.start(mta, self.snapshot, state, address)
+            endpoints["smtp"] = self.inbound.address
+            self._follow_transfer_mode(config["ims"])
+        if self.snapshot.authority is not None:
+            self.nameserver = NameServer(self.snapshot.authority)
+            host, port = await self.nameserver.start(self.bind, ports["dns"])
+            endpoints["dns"] = f"{host}:{port}"
+        return endpoints
+
+    def _follow_transfer_mode(self, settings: dict[str, Any]) -> None:
+        """The IMS sends to the internet if its connector's transfer mode says so, with the
+        connector's settings (retries, per-domain formats) as last loaded."""
+        if settings["transfer_mode"] not in OUTBOUND_MODES:
+            if self._sending is not None:
+                # What is in the outbox stays there; transactions under way end on their own.
+                self._sending.cancel()
+            self.outbound, self._sending, self.mta.outbox_listener = None, None, None
+        elif self.outbound is None:
+            self.outbound = Outbound(
+                self.mta,
+                settings,
+                resolver_endpoint(self.state),
+                smtp_endpoints(self.state),
+                source=self.bind,
+            )
+            self._sending = asyncio.get_running_loop().create_task(self.outbound.run())
+        else:
+            self.outbound.settings = settings
+
+    async def follow_reloads(self) -> None:
+        """One reload at a time; SIGHUPs that come during one make one more after it."""
+        while True:
+            await self.wanted.wait()
+            self.wanted.clear()
+            try:
+                await self.reload()
+            except Exception:  # a part that could not take the serial in must not end reloads
+                traceback.print_exc()
+
+    async def reload(self) -> None:
+        """The state's current serial, read off the event loop and then taken in by every part:
+        mailboxes, passwords, size limits, POP3 and IMS settings, GAL, GWART and zones. Open
+        sessions carry on. If the serial cannot be read the host keeps what it runs, and
+        says so in its log and in loaded.json."""
+        loop = asyncio.get_running_loop()
+        config_path = self.snapshot.config_path
+        try:
+            snapshot = await loop.run_in_executor(None, Snapshot.current, self.state, config_path)
+        except SnapshotError as exc:
+            print(f"reload: {exc}; still serving serial {self.snapshot.serial}", file=sys.stderr)
+            self.failed = {"serial": exc.serial, "error": exc.why}
+            self.report_loaded()
+            return
+        self.mta.reload(snapshot.config, snapshot.router, snapshot.tables)
+        if self.pop3 is not None:
+            self.pop3.idle_timeout = float(snapshot.config["pop3"]["idle_timeout"])
+        if self.inbound is not None:
+            self._follow_transfer_mode(snapshot.config["ims"])
+            await self.inbound.reload(snapshot)
+        if self.nameserver is not None and snapshot.authority is not None:
+            self.nameserver.authority = snapshot.authority
+        self.snapshot, self.failed = snapshot, None
+        steady_heap()
+        self.report_loaded()
+
+    def report_loaded(self) -> None:
+        """Which serial this host runs (and its last reload's failure): the supervisor puts it
+        in status.json, and `apply` waits for every host to run the serial it applied."""
+        _write_report(
+            self.folder, "loaded.json", {"serial": self.snapshot.serial, "failed": self.failed}
+        )
+
+    async def stop(self) -> None:
+        if self.inbound is not None:
+            await self.inbound.stop()
+        for task in [*self.tasks, *([self._sending] if self._sending else [])]:
+            task.cancel()
+        if self.nameserver is not None:
+            await self.nameserver.stop()
+        for listener in self.listeners.values():
+            listener.close()
+            await listener.wait_closed()
 
 
-def _mta(config: dict[str, Any], config_path: Path, state: Path) -> Mta:
+def _mta(snapshot: Snapshot, state: Path) -> Mta:
     """The host's MTA over its store, its queue recovered before anything is queued."""
+    config = snapshot.config
     store = store_for(config, state) if "pop3" in config["server"]["services"] else None
-    accounts = Pop3Accounts(accounts_from_host(config))
-    router = Router.load(config, config_path.parent.parent)
-    mta = Mta(config, router, state, store, accounts, endpoints_in(state))
+    accounts = Pop3Accounts(snapshot.tables.accounts)
+    mta = Mta(config, snapshot.router, state, store, accounts, endpoints_in(state))
     if recovered := mta.recover():
         print(f"queue: {len(recovered)} entries recovered after a crash", file=sys.stderr)
     return mta
@@ -166,27 +231,21 @@ class SmtpInbound:
     """The IMS's SMTP port: served by worker processes (see imsworker), or in this one."""
 
     server: asyncio.Server | None = None
+    handler: InboundHandler | None = None
     workers: ImsWorkers | None = None
 
     @classmethod
     async def start(
-        cls,
-        mta: Mta,
-        accounts: Pop3Accounts,
-        config: dict[str, Any],
-        *,
-        config_path: Path,
-        state: Path,
-        address: tuple[str, int],
+        cls, mta: Mta, snapshot: Snapshot, state: Path, address: tuple[str, int]
     ) -> SmtpInbound:
-        context = tls_context(config, state)  # made here first: workers only read it
+        context = tls_context(snapshot.config, state)  # made here first: workers only read it
         if count := worker_count():
-            return cls(workers=ImsWorkers.start(mta, config_path, state, address, count))
-        handler = InboundHandler(mta, config["ims"], accounts)
+            return cls(workers=ImsWorkers.start(mta, snapshot, state, address, count))
+        handler = InboundHandler(mta, snapshot.config["ims"], mta.accounts)
         server = await asyncio.get_running_loop().create_server(
-            lambda: smtp_server(handler, config["ims"], context), *address
+            lambda: smtp_server(handler, handler.settings, context), *address
         )
-        return cls(server=server)
+        return cls(server=server, handler=handler)
 
     @property
     def address(self) -> str:
@@ -197,9 +256,13 @@ class SmtpInbound:
         assert self.server is not None
         return self.server
 
-    def reload(self) -> None:
+    async def reload(self, snapshot: Snapshot) -> None:
+        """The connector's settings and the accounts, for the SMTP sessions that start from
+        now on; with workers, once each of them runs the snapshot."""
         if self.workers is not None:
-            self.workers.reload()
+            await self.workers.reload(snapshot.config_path, snapshot.serial)
+        elif self.handler is not None:
+            self.handler.configure(snapshot.config["ims"])
 
     async def stop(self) -> None:
         if self.workers is not None:
@@ -207,18 +270,6 @@ class SmtpInbound:
         else:
             self._server.close()
             await self._server.wait_closed()
-
-
-def current_router(config: dict[str, Any], state: Path, config_path: Path) -> Router:
-    """The router over the GAL of the state's current serial (SIGHUP's reload)."""
-    return Router.load(config, _current(state, config_path).parent.parent)
-
-
-def _current(state: Path, config_path: Path) -> Path:
-    """This host's config in the state's current serial (apply moves it to a new folder)."""
-    serial = json.loads((state / "state.json").read_text(encoding="utf-8"))["serial"]
-    organization = config_path.parent.parent.name
-    return state / "artifacts" / str(serial) / organization / "hosts" / config_path.name
 
 
 def _address(listener: asyncio.Server) -> str:
@@ -235,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--transfer-port", type=int, default=7025)
     parser.add_argument("--dns-port", type=int, default=53)
     parser.add_argument("--smtp-port", type=int, default=25)
+    parser.add_argument("--serial", type=int, help="the state's serial CONFIG belongs to")
     args = parser.parse_args(argv)
     ports = {
         "pop3": args.pop3_port,
@@ -243,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         "smtp": args.smtp_port,
     }
     try:
-        uvloop.run(serve(args.config, args.state, args.bind, ports))
+        uvloop.run(serve(args.config, args.state, args.bind, ports, args.serial))
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

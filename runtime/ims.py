@@ -83,6 +83,11 @@ _PARSE_ERRORS = (
 )
 
 
+# The connector's transfer modes that take mail from the internet, and those that send to it.
+INBOUND_MODES = ("inbound_and_outbound", "inbound_only")
+OUTBOUND_MODES = ("inbound_and_outbound", "outbound_only")
+
+
 # --- inbound -----------------------------------------------------------------------------------
 
 
@@ -96,11 +101,19 @@ class InboundHandler:
 
     def __init__(self, mta: Mta, settings: dict[str, Any], accounts: Pop3Accounts) -> None:
         self.mta = mta
-        self.fqdn = mta.fqdn
-        self.relay_networks = [ipaddress.ip_network(n) for n in settings["relay"]["networks"]]
-        self.authenticated_relay = bool(settings["relay"]["authenticated"])
-        self.inbound = settings["transfer_mode"] in ("inbound_and_outbound", "inbound_only")
         self.accounts = accounts
+        self.configure(settings)
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        """The connector's settings (the host config's `ims`), at start and on a reload: for
+        the sessions that start from now on (smtp_server reads `settings`) and for the next
+        command of those under way."""
+        relay_networks = [ipaddress.ip_network(n) for n in settings["relay"]["networks"]]
+        self.settings = settings
+        self.fqdn = self.mta.fqdn
+        self.relay_networks = relay_networks
+        self.authenticated_relay = bool(settings["relay"]["authenticated"])
+        self.inbound = settings["transfer_mode"] in INBOUND_MODES
 
     @staticmethod  # aiosmtpd reads the hook's signature per connection: see below
     async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name

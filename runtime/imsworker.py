@@ -1,6 +1,6 @@
 """IMS inbound workers: processes that share the host's SMTP port and queue into its MTA.
 
-    python -m mailwright.runtime.imsworker CONFIG --state DIR --fd N
+    python -m mailwright.runtime.imsworker CONFIG --state DIR --fd N [--serial N]
 
 One Python process spends a core on aiosmtpd's protocol work alone, so on a machine with
 several cores the host binds the SMTP socket and starts workers that all accept on it (the
@@ -8,10 +8,12 @@ pre-fork model of Postfix's smtpd processes). Each worker applies the same Inbou
 policy and queues accepted mail durably into the host's queue, exactly as the host's MTA does,
 then writes `queued <entry id>` on stdout; the host's MTA adopts the entry and delivers it.
 
-A worker exits when its stdin closes (the host is gone, even killed) or on SIGTERM, and
-re-reads the GAL and the GWART on SIGHUP as the host does. When a worker dies the host adopts
-whatever is queued on disk (an entry queued and acknowledged just before may never have been
-announced) and starts another.
+The host speaks to its workers over their stdin: `reload <serial> <config>` when the host
+reloads (the worker reads that config, its GAL and GWART, takes in the accounts and connector
+settings for the sessions that start from then on, and answers `reloaded <serial>` on stdout),
+and end of file when the host is gone, even killed: the worker then exits, as on SIGTERM. When a
+worker dies the host adopts whatever is queued on disk (an entry queued and acknowledged just
+before may never have been announced) and starts another, on the host's current config.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import socket
@@ -31,13 +32,16 @@ import uvloop
 
 from mailwright.runtime.ims import InboundHandler, smtp_server
 from mailwright.runtime.mta import Mta
-from mailwright.runtime.pop3 import Pop3Accounts, accounts_from_host
+from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import QueueEntry
-from mailwright.runtime.router import Router
+from mailwright.runtime.snapshot import Snapshot, steady_heap
 from mailwright.runtime.transfer import endpoints_in
 
 WORKERS_ENV = "MAILWRIGHT_IMS_WORKERS"
 RESTART_DELAY = 1.0
+# How long a worker may take to reload before it is replaced by one started on the new config.
+RELOAD_TIMEOUT = 30.0
+NO_SERIAL = "-"  # on the wire, for a host started on a config outside any serial
 
 
 def worker_count() -> int:
@@ -55,122 +59,190 @@ class FrontEnd(Mta):
     """The MTA's accepting half: what it queues, the host's MTA delivers."""
 
     def adopt(self, entry: QueueEntry) -> None:
-        sys.stdout.write(f"queued {entry.id}\n")
-        sys.stdout.flush()
+        _answer(f"queued {entry.id}")
 
 
 class ImsWorkers:
-    """The host's side: the shared listening socket and the workers serving it."""
+    """The host's side: the shared listening socket and the workers serving it, each on the
+    serial of the host config it runs."""
 
-    def __init__(self, mta: Mta, command: list[str], sock: socket.socket, count: int) -> None:
+    def __init__(
+        self, mta: Mta, snapshot: Snapshot, state: Path, sock: socket.socket, count: int
+    ) -> None:
         self.mta = mta
-        self.command = command
+        self.state = state
         self.socket = sock
-        self.processes: list[asyncio.subprocess.Process] = []
+        self.config = (snapshot.config_path, snapshot.serial)  # what new workers start on
+        self.running: dict[asyncio.subprocess.Process, int | None] = {}  # worker -> serial
+        self._changed = asyncio.Event()  # a worker started, answered or ended
         self._stopping = False
         self._tasks = [asyncio.get_running_loop().create_task(self._keep()) for _ in range(count)]
 
     @classmethod
     def start(
-        cls, mta: Mta, config_path: Path, state: Path, address: tuple[str, int], count: int
+        cls, mta: Mta, snapshot: Snapshot, state: Path, address: tuple[str, int], count: int
     ) -> ImsWorkers:
-        sock = socket.create_server(address, backlog=1024)
-        command = [
-            sys.executable,
-            "-m",
-            "mailwright.runtime.imsworker",
-            str(config_path),
-            "--state",
-            str(state),
-            "--fd",
-            str(sock.fileno()),
-        ]
-        return cls(mta, command, sock, count)
+        return cls(mta, snapshot, state, socket.create_server(address, backlog=1024), count)
 
     @property
     def address(self) -> str:
         host, port = self.socket.getsockname()[:2]
         return f"{host}:{port}"
 
+    def _command(self) -> list[str]:
+        config, serial = self.config
+        command = [sys.executable, "-m", "mailwright.runtime.imsworker", str(config)]
+        command += ["--state", str(self.state), "--fd", str(self.socket.fileno())]
+        return command + ([] if serial is None else ["--serial", str(serial)])
+
     async def _keep(self) -> None:
         """One worker, started again whenever it dies."""
         while not self._stopping:
+            serial = self.config[1]
             process = await asyncio.create_subprocess_exec(
-                *self.command,
+                *self._command(),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 pass_fds=(self.socket.fileno(),),
             )
-            self.processes.append(process)
+            self._runs(process, serial)
             assert process.stdout is not None
             async for line in process.stdout:
-                self._announced(line)
+                self._announced(process, line)
             await process.wait()
-            self.processes.remove(process)
+            self._ended(process)
             await self.mta.rescan()
             if not self._stopping:
                 print(f"IMS worker {process.pid} exited ({process.returncode})", file=sys.stderr)
                 await asyncio.sleep(RESTART_DELAY)
 
-    def _announced(self, line: bytes) -> None:
-        verb, _, entry_id = line.decode("ascii", "replace").strip().partition(" ")
-        entry = self.mta.queue.read(entry_id) if verb == "queued" else None
-        if entry is not None:  # None: already delivered and gone, found by a rescan
-            self.mta.adopt(entry)
+    def _runs(self, process: asyncio.subprocess.Process, serial: int | None) -> None:
+        self.running[process] = serial
+        self._changed.set()
 
-    def reload(self) -> None:
-        for process in self.processes:
-            process.send_signal(signal.SIGHUP)
+    def _ended(self, process: asyncio.subprocess.Process) -> None:
+        self.running.pop(process, None)
+        self._changed.set()
+
+    def _announced(self, process: asyncio.subprocess.Process, line: bytes) -> None:
+        verb, _, rest = line.decode("utf-8", "replace").strip().partition(" ")
+        if verb == "queued":
+            entry = self.mta.queue.read(rest)
+            if entry is not None:  # None: already delivered and gone, found by a rescan
+                self.mta.adopt(entry)
+        elif verb == "reloaded":
+            self._runs(process, _serial_from(rest))
+        elif verb == "reload-failed":
+            print(f"IMS worker {process.pid} could not reload: {rest}", file=sys.stderr)
+            process.terminate()  # its replacement starts on the new config
+
+    async def reload(self, config: Path, serial: int | None) -> None:
+        """Every worker on the host's reloaded config (`serial`): each is told, and this returns
+        once each says it runs it. One that fails, or does not answer in time, is replaced by
+        one started on the new config (as is one that dies meanwhile)."""
+        self.config = (config, serial)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RELOAD_TIMEOUT
+        told: set[asyncio.subprocess.Process] = set()
+        while True:
+            self._changed.clear()
+            behind = {p for p, s in self.running.items() if s != serial}
+            if not behind:
+                return
+            for process in behind - told:
+                await _tell(process, f"reload {_serial_text(serial)} {config}")
+            told |= behind
+            if loop.time() > deadline:
+                for process in behind:
+                    process.terminate()
+                deadline = loop.time() + RELOAD_TIMEOUT
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), deadline - loop.time())
 
     async def stop(self) -> None:
         self._stopping = True
-        for process in self.processes:
+        for process in list(self.running):
             process.terminate()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.socket.close()
 
 
-async def serve(config_path: Path, state: Path, fd: int) -> None:
-    # Imported here: the host module imports this one's ImsWorkers.
-    from mailwright.runtime.host import (  # noqa: PLC0415
-        current_router,
-        steady_heap,
-        tls_context,
-    )
+async def _tell(process: asyncio.subprocess.Process, command: str) -> None:
+    """A line to a worker's stdin; a worker that is gone is replaced anyway."""
+    assert process.stdin is not None
+    with contextlib.suppress(ConnectionError):
+        process.stdin.write(command.encode("utf-8") + b"\n")
+        await process.stdin.drain()
 
-    config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
-    accounts = Pop3Accounts(accounts_from_host(config))
-    router = Router.load(config, config_path.parent.parent)
-    front = FrontEnd(config, router, state, None, accounts, endpoints_in(state))
-    handler = InboundHandler(front, config["ims"], accounts)
+
+def _serial_text(serial: int | None) -> str:
+    return NO_SERIAL if serial is None else str(serial)
+
+
+def _serial_from(text: str) -> int | None:
+    return None if text == NO_SERIAL else int(text)
+
+
+async def serve(config_path: Path, state: Path, fd: int, serial: int | None) -> None:
+    # Imported here: the host module imports this one's ImsWorkers.
+    from mailwright.runtime.host import tls_context  # noqa: PLC0415
+
+    snapshot = Snapshot.read(config_path, serial)
+    accounts = Pop3Accounts(snapshot.tables.accounts)
+    front = FrontEnd(snapshot.config, snapshot.router, state, None, accounts, endpoints_in(state))
+    handler = InboundHandler(front, snapshot.config["ims"], accounts)
     steady_heap()
-    context = tls_context(config, state)
+    context = tls_context(snapshot.config, state)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: smtp_server(handler, config["ims"], context), sock=socket.socket(fileno=fd)
+        lambda: smtp_server(handler, handler.settings, context), sock=socket.socket(fileno=fd)
     )
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: setattr(front, "router", current_router(config, state, config_path))
-    )
-    watch = loop.create_task(_until_closed(sys.stdin.buffer, stop))
+    # The host says what to reload (over stdin); a SIGHUP of the worker's own must not end it.
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)
+    host = loop.create_task(_follow_host(sys.stdin.buffer, stop, front, handler))
     await stop.wait()
-    watch.cancel()
+    host.cancel()
     server.close()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(server.wait_closed(), 5.0)
 
 
-async def _until_closed(pipe: Any, stop: asyncio.Event) -> None:
-    """Set `stop` when the host's end of our stdin closes."""
+async def _follow_host(
+    pipe: Any, stop: asyncio.Event, front: FrontEnd, handler: InboundHandler
+) -> None:
+    """The host's commands on our stdin, one at a time; `stop` set when the host's end closes."""
     reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe
-    )
-    await reader.read()
+    loop = asyncio.get_running_loop()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    while line := await reader.readline():
+        verb, _, rest = line.decode("utf-8").strip().partition(" ")
+        if verb == "reload":
+            serial, _, config = rest.partition(" ")
+            _answer(await _reload(Path(config), _serial_from(serial), front, handler))
     stop.set()
+
+
+async def _reload(
+    config: Path, serial: int | None, front: FrontEnd, handler: InboundHandler
+) -> str:
+    """The host's reloaded config taken in, as the host does (see host.Host.reload)."""
+    loop = asyncio.get_running_loop()
+    try:
+        snapshot = await loop.run_in_executor(None, Snapshot.read, config, serial)
+    except Exception as exc:  # a broken config may raise anything its readers raise
+        return f"reload-failed {type(exc).__name__}: {exc}"
+    front.reload(snapshot.config, snapshot.router, snapshot.tables)
+    handler.configure(snapshot.config["ims"])
+    steady_heap()
+    return f"reloaded {_serial_text(serial)}"
+
+
+def _answer(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path, help="the host's compiled hosts/<server>.json")
     parser.add_argument("--state", type=Path, required=True, help="the state directory")
     parser.add_argument("--fd", type=int, required=True, help="the listening SMTP socket")
+    parser.add_argument("--serial", type=int, help="the state's serial CONFIG belongs to")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.config, args.state, args.fd))
+    uvloop.run(serve(args.config, args.state, args.fd, args.serial))
     return 0
 
 

@@ -1,8 +1,10 @@
 """The seam between the CLI and the runtime: the one module the compiler package imports.
 
 `apply` hands over the runtime actions its plan implies (host started, restarted, reloaded,
-stopped) with the folder of the newly applied artifacts. Until the supervisor exists this seam
-records them, one JSON line each, in `<state>/runtime/actions.jsonl`. `mailwright send` and
+stopped) with the folder of the newly applied artifacts; this seam records them, one JSON line
+each, in `<state>/runtime/actions.jsonl`, and waits until every host runs the new serial. The
+plan asks `runtime_action` which action a host's change implies: the runtime owns the host
+contract, and its supervisor follows the same rule (runtime/hostchange.py). `mailwright send` and
 `mailwright track` reach the running hosts through it too.
 """
 
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.hostchange import runtime_action
 from mailwright.runtime.message import Address, Attachment, Recipient, encode, new_message
 from mailwright.runtime.tracking import track
 from mailwright.runtime.transfer import TransferError, endpoints_in, recipients_payload, send_frame
@@ -32,6 +35,7 @@ __all__ = [
     "Submission",
     "SubmitError",
     "launch",
+    "runtime_action",
     "start_runtime",
     "status",
     "stop_runtime",
@@ -164,19 +168,20 @@ def status(state_dir: Path) -> dict[str, Any]:
 def wait_until_running(
     state_dir: Path, serial: int, timeout: float = 60.0, progress: Progress | None = None
 ) -> dict[str, Any]:
-    """Until every host of `serial` answers on every endpoint; LaunchError after `timeout`."""
+    """Until every host runs `serial` (started on it, or reloaded it) and answers on every
+    endpoint: then the new mailboxes take mail. LaunchError after `timeout`, or at once when a
+    host could not reload it or stopped."""
     deadline = time.monotonic() + timeout
     while True:
         current = status(state_dir)
         hosts = current["hosts"]
-        waiting = {n: h for n, h in hosts.items() if h["state"] != "running" or not _answers(h)}
+        waiting = {n: h for n, h in hosts.items() if not _runs(h, serial) or not _answers(h)}
         if progress is not None and current["serial"] == serial:
             progress(len(hosts) - len(waiting), len(hosts))
         if current["serial"] == serial and hosts and not waiting:
             return current
-        failed = {n: h for n, h in waiting.items() if h["state"] == "stopped" and h["last_error"]}
-        if current["serial"] == serial and failed:
-            why = "; ".join(f"{n}: {h['last_error']}" for n, h in failed.items())
+        if current["serial"] == serial and (failed := _failures(waiting, serial)):
+            why = "; ".join(f"{n}: {error}" for n, error in failed.items())
             raise LaunchError(f"the runtime did not come up: {why} (see `mailwright logs`)")
         if time.monotonic() > deadline:
             why = "; ".join(
@@ -184,6 +189,20 @@ def wait_until_running(
             )
             raise LaunchError(f"the runtime did not come up: {why or 'no supervisor'}")
         time.sleep(0.2)
+
+
+def _runs(host: dict[str, Any], serial: int) -> bool:
+    # A supervisor of an earlier mailwright, still running, reports no serial per host.
+    return bool(host["state"] == "running" and host.get("serial", serial) == serial)
+
+
+def _failures(waiting: dict[str, dict[str, Any]], serial: int) -> dict[str, str]:
+    """Why hosts will not run `serial`: stopped with an error, or their reload of it failed."""
+    failed = {n: h["last_error"] for n, h in waiting.items() if h["state"] == "stopped"}
+    for name, host in waiting.items():
+        if (refused := host.get("reload_failed")) and refused["serial"] == serial:
+            failed[name] = f"reload of serial {serial} failed: {refused['error']}"
+    return {n: error for n, error in failed.items() if error}
 
 
 def _answers(host: dict[str, Any]) -> bool:

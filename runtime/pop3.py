@@ -86,9 +86,16 @@ class Pop3Accounts:
     _by_name: dict[str, Pop3Account] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        for account in self.accounts.values():
-            self._by_name[account.alias.casefold()] = account
-            self._by_name[account.address.casefold()] = account
+        self.replace(self.accounts)
+
+    def replace(self, accounts: dict[str, Pop3Account]) -> None:
+        """The accounts of a reloaded host config, for logins from now on: a session that
+        logged in keeps its account, and the failures counted per address stay counted."""
+        by_name = {}
+        for account in accounts.values():
+            by_name[account.alias.casefold()] = account
+            by_name[account.address.casefold()] = account
+        self.accounts, self._by_name = accounts, by_name
 
     def verify_now(self, user: str, password: str) -> Pop3Account | None:
         """The account, if the password is its own; blocking (for synchronous callers)."""

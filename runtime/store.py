@@ -355,6 +355,20 @@ class MailStore:
     def deliver(self, alias: str, message_id: str, data: bytes) -> bool:
         return self.mailbox(alias).deliver(message_id, data)
 
+    def follow(self, limits: dict[str, int | None]) -> None:
+        """A reloaded config's size limits, for the next deliveries. A mailbox that left the
+        host and whose folder went to retained/ is forgotten: if it comes back it starts afresh
+        instead of writing into that folder through what this store remembered of it. One
+        whose folder is still here is moving away: the mover holds it until the folder is
+        empty and gone (one object a mailbox, so that none delivers past the move)."""
+        with self._lock:
+            self._limits = limits
+            for alias in self._mailboxes.keys() - limits.keys():
+                if not (self.root / alias).exists():
+                    del self._mailboxes[alias]
+            for alias, mailbox in self._mailboxes.items():
+                mailbox.size_limit = limits.get(alias)
+
     def folders(self) -> list[str]:
         """The aliases this store holds mail of (a folder each)."""
         if not self.root.is_dir():

@@ -3,8 +3,11 @@
     python -m mailwright.runtime.supervisor --state DIR
 
 It outlives the CLI that started it. It follows the state directory: when `apply` writes a new
-serial it starts new hosts, restarts the hosts whose own config changed, sends the others
-SIGHUP when only shared artifacts changed (GAL, zones), and stops removed hosts. A host that
+serial it starts new hosts, restarts the hosts that listen differently (runtime/hostchange.py:
+roles, services, TLS files, or their loopback address), sends every other host SIGHUP to
+reload the serial (its mailboxes, settings, GAL, GWART, zones) with its sessions kept open, and
+stops removed hosts. Each host reports the serial it runs (`loaded.json` beside its
+`endpoints.json`), and status.json shows it. A host that
 dies is restarted with a growing delay. Each host listens on its own loopback address (kept in
 state.json); as root on the spec's ports, otherwise on the fixed unprivileged mapping below.
 `<state>/runtime/status.json` says what runs; SIGTERM stops every host, then the supervisor.
@@ -23,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mailwright.runtime.hostchange import host_change
 
 # Without root the well-known ports are out of reach: SMTP 25 -> 2525, POP3 110 -> 1110,
 # DNS 53 -> 5353; the MTA transfer port 7025 needs no mapping.
@@ -85,22 +90,27 @@ class Supervisor:
         host = self.hosts.get(name)
         if host is None:
             host = self.hosts[name] = Host(name, config, address)
-        elif host.config_text != text or host.address != address:
-            self._stop(host, "config changed")
-        elif host.process is not None:
-            host.config = config
-            host.process.send_signal(signal.SIGHUP)  # shared artifacts only: reload
-            host.events.append(f"{_now()} reloaded")
-            return
+        else:
+            listening = list(host_change(host.config_text, text).listening)
+            listening += ["address"] if host.address != address else []
+            if listening:
+                self._stop(host, f"listens differently: {', '.join(listening)}")
+            elif host.process is not None:
+                # The host reads the state's current serial and reports it in loaded.json.
+                host.config, host.config_text = config, text
+                host.process.send_signal(signal.SIGHUP)
+                host.events.append(f"{_now()} reloading serial {self.serial}")
+                return
         host.config, host.address, host.config_text = config, address, text
         self._start(host)
 
     def _start(self, host: Host) -> None:
-        (self.state / "hosts" / host.server / "endpoints.json").unlink(missing_ok=True)
+        self._forget_reports(host)
         logs = self.runtime / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         arguments = [sys.executable, "-m", "mailwright.runtime.host", str(host.config)]
         arguments += ["--state", str(self.state), "--bind", host.address]
+        arguments += ["--serial", str(self.serial)]
         for service, port in ports().items():
             arguments += [f"--{service}-port", str(port)]
         with open(logs / f"{host.server}.log", "ab") as log:
@@ -118,7 +128,13 @@ class Supervisor:
             host.process.wait()
         host.events.append(f"{_now()} stopped ({why})")
         host.process = None
-        (self.state / "hosts" / host.server / "endpoints.json").unlink(missing_ok=True)
+        self._forget_reports(host)
+
+    def _forget_reports(self, host: Host) -> None:
+        """What the host's last process said (where it listens, which serial it runs): a new
+        one says it again once it serves."""
+        for report in ("endpoints.json", "loaded.json"):
+            (self.state / "hosts" / host.server / report).unlink(missing_ok=True)
 
     def watch(self) -> None:
         """Restart hosts that died, with a growing delay; the event shows in status."""
@@ -136,11 +152,8 @@ class Supervisor:
     def write_status(self) -> None:
         hosts = {}
         for name, host in sorted(self.hosts.items()):
-            endpoints_file = self.state / "hosts" / host.server / "endpoints.json"
-            try:
-                services = json.loads(endpoints_file.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                services = {}
+            services = _report(self.state / "hosts" / host.server / "endpoints.json")
+            loaded = _report(self.state / "hosts" / host.server / "loaded.json")
             hosts[name] = {
                 "pid": host.process.pid if host.process else None,
                 "state": "running"
@@ -150,6 +163,8 @@ class Supervisor:
                 else "stopped",
                 "address": host.address,
                 "services": services,
+                "serial": loaded.get("serial"),
+                "reload_failed": loaded.get("failed"),
                 "queue": _queue_depth(self.state / "hosts" / host.server / "queue"),
                 "restarts": host.restarts,
                 "last_error": host.last_error,
@@ -181,6 +196,15 @@ class Supervisor:
 
     def _on_term(self, *_: object) -> None:
         self.stopping = True
+
+
+def _report(path: Path) -> dict[str, Any]:
+    """A host's JSON report (endpoints.json, loaded.json); empty until it wrote one."""
+    try:
+        document: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return document
 
 
 def _queue_depth(folder: Path) -> int:

@@ -3,8 +3,9 @@
 A host is `python -m mailwright.runtime.host` on 127.0.0.1 with ephemeral ports, started with
 subprocess.Popen and stopped by its pid (SIGTERM, then SIGKILL) when the test module ends. Its
 stderr goes to `<state>/hosts/<server>/stderr.log`, so a failure can show what the host said.
-Test modules cannot import this file (no packages under tests/), so everything is handed out as
-fixtures whose types are the standard library's.
+Outside tools (curl, swaks, Postfix's smtp-source) are found with `require_tool`, for every test
+folder. Test modules cannot import this file (no packages under tests/), so everything is handed
+out as fixtures whose types are the standard library's.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import poplib
 import select
 import shutil
 import signal
+import smtplib
 import subprocess
 import sys
 import time
@@ -209,14 +211,18 @@ def wait_until() -> Callable[[Callable[[], bool], float, str], None]:
     return wait
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _no_background_runtime() -> Iterator[None]:
-    """`apply` starts the background runtime; tests that want it set MAILWRIGHT_RUNTIME=on and
-    stop it with `mailwright down`, the others run hosts themselves or none at all. Session-wide,
-    so module-scoped fixtures that apply are covered too."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("MAILWRIGHT_RUNTIME", "off")
-        yield
+@pytest.fixture(scope="session")
+def rcpt() -> Callable[[tuple[str, int], str], int]:
+    """The reply code an SMTP server (`(host, port)`) gives to RCPT TO a recipient."""
+
+    def probe(smtp: tuple[str, int], recipient: str) -> int:
+        with smtplib.SMTP(*smtp, timeout=10) as client:
+            client.ehlo()
+            client.mail("sender@example.net")
+            code, _ = client.rcpt(recipient)
+            return code
+
+    return probe
 
 
 def _require_tool(name: str) -> str:
@@ -232,3 +238,13 @@ def _require_tool(name: str) -> str:
 @pytest.fixture
 def require_tool() -> Callable[[str], str]:
     return _require_tool
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_background_runtime() -> Iterator[None]:
+    """`apply` starts the background runtime; tests that want it set MAILWRIGHT_RUNTIME=on and
+    stop it with `mailwright down`, the others run hosts themselves or none at all. Session-wide,
+    so module-scoped fixtures that apply are covered too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MAILWRIGHT_RUNTIME", "off")
+        yield

@@ -285,7 +285,8 @@ def test_plan_shows_a_mailbox_change_in_every_format(seed: Workspace) -> None:
     assert counts(text) == (0, 2, 0)
     assert text.rstrip().endswith("Plan: 0 to add, 2 to change, 0 to destroy.")
     assert "zone" not in text  # no zone changed, so no new serial
-    assert "  restart Minasi/arlington (host config changed)" in text
+    # A mailbox's settings reach the running host by reload: its sessions stay open.
+    assert "  reload Minasi/arlington (mailboxes, gal.json changed)" in text
 
     summary = ok(summarized)
     assert summary.splitlines() == ["~ mailbox Minasi/paula", "~ host Minasi/arlington"]
@@ -301,7 +302,7 @@ def test_plan_shows_a_mailbox_change_in_every_format(seed: Workspace) -> None:
     assert paula["after"]["pop3.enabled"] is True
     assert paula["before"]["password"] == paula["after"]["password"] == "(sensitive)"
     assert document["runtime_actions"] == [
-        {"host": "Minasi/arlington", "action": "restart", "reason": "host config changed"}
+        {"host": "Minasi/arlington", "action": "reload", "reason": "mailboxes, gal.json changed"}
     ]
     assert document["summary"] == {"add": 0, "change": 2, "destroy": 0}
 
@@ -309,7 +310,7 @@ def test_plan_shows_a_mailbox_change_in_every_format(seed: Workspace) -> None:
     assert markdown.startswith("### mailwright plan\n")
     assert "**Plan: 0 to add, 2 to change, 0 to destroy.**" in markdown
     assert "~ mailbox Minasi/paula\n      pop3.enabled: false → true\n" in markdown
-    assert "| Minasi/arlington | restart | host config changed |" in markdown
+    assert "| Minasi/arlington | reload | mailboxes, gal.json changed |" in markdown
 
     ok(expecting, 2)
 
@@ -804,7 +805,7 @@ def test_a_removed_mailbox_keeps_its_store_until_purged(seed: Workspace) -> None
 # --- the launcher seam and host addresses ----------------------------------------------------
 
 
-def test_the_launcher_records_start_restart_and_reload(seed: Workspace) -> None:
+def test_the_launcher_records_start_reload_and_restart(seed: Workspace) -> None:
     first = seed.actions()
     assert {(a["host"], a["action"], a["serial"]) for a in first} == {
         ("DCNW/athena", "start", 1),
@@ -814,12 +815,12 @@ def test_the_launcher_records_start_restart_and_reload(seed: Workspace) -> None:
     }
     assert all(a["artifacts"].endswith(str(Path("artifacts") / "1")) for a in first)
 
-    # Pat (on Athena) changes: Athena restarts, its organization's other hosts reload the GAL.
+    # Pat (on Athena) changes: Athena reloads its mailboxes, the organization's hosts the GAL.
     seed.edit("dcnw.yaml", "surname: Quinn", "surname: Quincy")
     ok(seed.apply("--auto-approve"))
     second = seed.actions()[len(first) :]
     assert [(a["host"], a["action"], a["serial"]) for a in second] == [
-        ("DCNW/athena", "restart", 2),
+        ("DCNW/athena", "reload", 2),
         ("DCNW/dns", "reload", 2),
         ("DCNW/hermes", "reload", 2),
     ]
@@ -827,7 +828,15 @@ def test_the_launcher_records_start_restart_and_reload(seed: Workspace) -> None:
     seed.edit("minasi.yaml", "pop3: {enabled: false}", "pop3: {enabled: true}")
     ok(seed.apply("--auto-approve"))
     third = seed.actions()[len(first) + len(second) :]
-    assert [(a["host"], a["action"]) for a in third] == [("Minasi/arlington", "restart")]
+    assert [(a["host"], a["action"]) for a in third] == [("Minasi/arlington", "reload")]
+
+    # Only what a host listens on restarts it, and only it: Athena takes the dns role.
+    seed.edit("dcnw.yaml", "roles: [store]", "roles: [store, dns]")
+    ok(seed.apply("--auto-approve"))
+    fourth = seed.actions()[len(first) + len(second) + len(third) :]
+    assert [(a["host"], a["action"], a["reason"]) for a in fourth if a["action"] != "reload"] == [
+        ("DCNW/athena", "restart", "listens differently: roles, services")
+    ]
 
 
 def test_hosts_keep_their_loopback_addresses(seed: Workspace) -> None:

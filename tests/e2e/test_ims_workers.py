@@ -137,21 +137,14 @@ def test_a_worker_killed_mid_burst_loses_no_acknowledged_message(
         assert client.send_message(_message(1000)) == {}
 
 
-def _rcpt(address: tuple[str, int], recipient: str) -> int:
-    with smtplib.SMTP(*address, timeout=10) as client:
-        client.ehlo()
-        client.mail("sender@example.net")
-        code, _ = client.rcpt(recipient)
-        return code
-
-
 def test_the_workers_follow_the_hosts_reload(
     arlington: Arlington,
     mailwright: Callable[..., subprocess.CompletedProcess[str]],
+    rcpt: Callable[[tuple[str, int], str], int],
 ) -> None:
     newcomer = "newbie@minasi.com"
     # Several connections, so that each worker answers some of them.
-    assert {_rcpt(arlington.address, newcomer) for _ in range(8)} == {550}
+    assert {rcpt(arlington.address, newcomer) for _ in range(8)} == {550}
     text = arlington.spec.read_text(encoding="utf-8")
     mark = text[text.index("  - alias: mark") : text.index("  - alias: paula")]
     arlington.spec.write_text(
@@ -166,7 +159,7 @@ def test_the_workers_follow_the_hosts_reload(
     deadline = time.monotonic() + 10
     codes: set[Any] = set()
     while time.monotonic() < deadline:
-        codes = {_rcpt(arlington.address, newcomer) for _ in range(8)}
+        codes = {rcpt(arlington.address, newcomer) for _ in range(8)}
         if codes == {250}:
             break
         time.sleep(0.2)

@@ -55,6 +55,10 @@ class Runtime:
         document: dict[str, Any] = json.loads(done.stdout)
         return document
 
+    def serial(self) -> int:
+        serial: int = json.loads((self.state / "state.json").read_text())["serial"]
+        return serial
+
     def pids(self) -> dict[str, int]:
         return {name: host["pid"] for name, host in self.status()["hosts"].items()}
 
@@ -81,7 +85,7 @@ def test_apply_starts_every_host_on_its_own_loopback_address(runtime: Runtime) -
     )
 
 
-def test_reapply_restarts_only_what_changed(runtime: Runtime) -> None:
+def test_reapply_reloads_and_restarts_only_what_listens_differently(runtime: Runtime) -> None:
     assert runtime.apply().returncode == 0
     before = runtime.pids()
     again = runtime.apply()
@@ -89,12 +93,24 @@ def test_reapply_restarts_only_what_changed(runtime: Runtime) -> None:
     assert runtime.pids() == before
     spec = runtime.folder / "dcnw.yaml"
     spec.write_text(spec.read_text().replace("surname: Quinn", "surname: Quinlan"))
-    assert runtime.apply().returncode == 0
+    done = runtime.apply()
+    assert done.returncode == 0, done.stderr
+    assert "reload DCNW/athena (mailboxes, gal.json changed)" in done.stdout
+    assert runtime.pids() == before  # a mailbox changed: every host reloaded, none restarted
+    assert {h["serial"] for h in runtime.status()["hosts"].values()} == {runtime.serial()}
+    # A new role is a new port to listen on: that host alone restarts.
+    spec.write_text(spec.read_text().replace("roles: [store]", "roles: [store, dns]"))
+    done = runtime.apply()
+    assert done.returncode == 0, done.stderr
+    assert "restart DCNW/athena (listens differently: roles, services)" in done.stdout
     after = runtime.pids()
-    assert after["DCNW/athena"] != before["DCNW/athena"]  # its mailbox changed
+    assert after["DCNW/athena"] != before["DCNW/athena"]
     assert {k: v for k, v in after.items() if k != "DCNW/athena"} == {
         k: v for k, v in before.items() if k != "DCNW/athena"
     }
+    athena = runtime.status()["hosts"]["DCNW/athena"]
+    assert set(athena["services"]) == {"dns", "pop3", "transfer"}
+    assert athena["serial"] == runtime.serial()
 
 
 def test_a_host_that_dies_is_restarted(runtime: Runtime) -> None:

@@ -1,4 +1,4 @@
-"""Shared fixtures of the runtime tests: real POP3 servers on loopback, outside tools, the seed.
+"""Shared fixtures of the runtime tests: real POP3 servers on loopback, the seed.
 
 Servers run in-process on an event loop of their own in a background thread, so the tests can
 talk to them with blocking clients (poplib, raw sockets, curl, fetchmail). Test modules cannot
