@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import poplib
 import signal
 import subprocess
 import threading
@@ -180,6 +181,15 @@ class Move:
     def moved(self) -> bool:
         return not (self.state / "hosts" / "alpha" / "store" / "ann").exists()
 
+    def uidls(self, server: str, user: str = "ann") -> list[str]:
+        client = poplib.POP3(*self.endpoint(self.state, server, "pop3"), timeout=10)
+        try:
+            client.user(user)
+            client.pass_(PASSWORD)
+            return [line.split()[1].decode() for line in client.uidl()[1]]
+        finally:
+            client.quit()
+
     def submit(self, to: str) -> str:
         """One message from Al to `to`, submitted to alpha; its id once alpha said 250."""
         message = new_message(
@@ -266,6 +276,8 @@ def test_a_move_takes_every_message_once_with_its_uidl_while_mail_arrives(
     assert len(set(uids)) == len(uids)
     assert message_uid("<seed-0@acme.test>") in uids
     assert not (move.state / "hosts" / "alpha" / "store" / "ann").exists()
+    # A POP3 client that leaves mail on the server finds every UIDL it knew at the new home.
+    assert {name.split(".")[1] for name in move.seeded} <= set(move.uidls("beta"))
 
 
 def test_moving_back_and_forth_loses_nothing(move: Move, wait_until: WaitUntil) -> None:
@@ -294,6 +306,7 @@ def test_a_declared_rename_takes_the_folder_in_one_rename(
     move.reload()
     wait_until(move.moved, 30, "alpha to rename Ann's folder")
     assert maildir_files(move.state, "alpha", "anna") == move.seeded
+    assert sorted(move.uidls("alpha", "anna")) == sorted(n.split(".")[1] for n in move.seeded)
 
 
 def test_a_rename_and_move_takes_mail_and_queued_mail_along(
