@@ -96,19 +96,7 @@ class Sender(threading.Thread):
 
     async def _send(self) -> None:
         while not self.stopping.is_set():
-            message = new_message(
-                Address("al@acme.test", "Al"),
-                recipients=[Recipient(Address("ann@acme.test"))],
-                subject=f"during the move {len(self.acknowledged)}",
-                body="hello\n",
-                domain="acme.test",
-            )
-            document = {
-                "user": "al",
-                "password": PASSWORD,
-                "message": encode(message),
-                "rcpt": recipients_payload([Address("ann@acme.test")]),
-            }
+            message_id, document = submission("ann@acme.test")
             try:
                 await send_frame(
                     *self.endpoint(self.state, "alpha", "transfer"), "SUBMIT", document
@@ -116,8 +104,25 @@ class Sender(threading.Thread):
             except (TransferError, OSError):
                 await asyncio.sleep(0.05)  # alpha is down (killed): no 250, nothing owed
                 continue
-            self.acknowledged.append(message.message_id)
+            self.acknowledged.append(message_id)
             await asyncio.sleep(0.01)
+
+
+def submission(to: str) -> tuple[str, dict[str, object]]:
+    """A SUBMIT frame's document of a message from Al to `to`, and the message's id."""
+    message = new_message(
+        Address("al@acme.test", "Al"),
+        recipients=[Recipient(Address(to))],
+        subject="sent during the move",
+        body="hello\n",
+        domain="acme.test",
+    )
+    return message.message_id, {
+        "user": "al",
+        "password": PASSWORD,
+        "message": encode(message),
+        "rcpt": recipients_payload([Address(to)]),
+    }
 
 
 class Move:
@@ -192,22 +197,10 @@ class Move:
 
     def submit(self, to: str) -> str:
         """One message from Al to `to`, submitted to alpha; its id once alpha said 250."""
-        message = new_message(
-            Address("al@acme.test", "Al"),
-            recipients=[Recipient(Address(to))],
-            subject="queued",
-            body="hello\n",
-            domain="acme.test",
-        )
-        document = {
-            "user": "al",
-            "password": PASSWORD,
-            "message": encode(message),
-            "rcpt": recipients_payload([Address(to)]),
-        }
+        message_id, document = submission(to)
         endpoint = self.endpoint(self.state, "alpha", "transfer")
         asyncio.run(send_frame(*endpoint, "SUBMIT", document))
-        return message.message_id
+        return message_id
 
 
 HOSTS = ("alpha", "beta")
