@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import enum
 import hashlib
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 import dns.rdatatype
@@ -35,7 +37,10 @@ class Action(enum.StrEnum):
 
     @property
     def symbol(self) -> str:
-        return {"create": "+", "update": "~", "delete": "-"}[self.value]
+        return SYMBOLS[self]
+
+
+SYMBOLS = {Action.CREATE: "+", Action.UPDATE: "~", Action.DELETE: "-"}
 
 
 class UnsafePlanError(Exception):
@@ -79,6 +84,8 @@ class ResourceChange:
 
     def changed(self) -> list[tuple[str, Any, Any]]:
         """(attribute, before, after) for each attribute that differs, secrets masked."""
+        if self.before is None or self.after is None:
+            return self._every_attribute()
         before = self.before.shown() if self.before else {}
         after = self.after.shown() if self.after else {}
         raw_before = self.before.attributes if self.before else {}
@@ -87,6 +94,24 @@ class ResourceChange:
             (k, before.get(k), after.get(k))
             for k in sorted(set(raw_before) | set(raw_after))
             if raw_before.get(k) != raw_after.get(k)
+        ]
+
+    def _every_attribute(self) -> list[tuple[str, Any, Any]]:
+        """changed() of a resource created or deleted: each attribute that is not None against
+        None. Its own loop: a first plan of 100,000 mailboxes asks this of 400,000 resources."""
+        if self.after is None:
+            assert self.before is not None
+            hidden = self.before.sensitive
+            return [
+                (k, SENSITIVE if k in hidden else v, None)
+                for k, v in sorted(self.before.attributes.items())
+                if v is not None
+            ]
+        hidden = self.after.sensitive
+        return [
+            (k, None, SENSITIVE if k in hidden else v)
+            for k, v in sorted(self.after.attributes.items())
+            if v is not None
         ]
 
 
@@ -115,7 +140,8 @@ class Plan:
         return bool(self.changes or self.drift or self.runtime_actions)
 
     def counts(self) -> dict[Action, int]:
-        return {a: sum(c.action is a for c in self.changes) for a in Action}
+        counted = Counter(c.action for c in self.changes)
+        return {a: counted[a] for a in Action}
 
     def summary_line(self) -> str:
         counts = self.counts()
@@ -189,15 +215,18 @@ def _organization_resources(
     files: Mapping[str, str],
     names: set[str] | None = None,
     aliases: set[str] | None = None,
+    *,
     gal: Mapping[str, str] | None = None,
+    passwords: dict[str, str] | None = None,
 ) -> Iterable[Resource]:
     """The resources of artifacts `names` (default: all) in `files`; of the GAL (its lines by
-    alias, default: read from `files`), only the recipients `aliases` (default: all)."""
+    alias, default: read from `files`), only the recipients `aliases` (default: all), with the
+    password hashes of the host configs among `names` (default: read from `files`)."""
     names = set(files) if names is None else names
-    hosts = {n for n in names if n.startswith("hosts/")}
     if aliases is None or aliases:
         gal = _gal(files) if gal is None else gal
-        passwords = _password_hashes(files, hosts)
+        if passwords is None:
+            passwords = _password_hashes(files, {n for n in names if n.startswith("hosts/")})
         for alias in sorted(gal.keys() if aliases is None else aliases & gal.keys()):
             yield from _recipient(organization, orjson.loads(gal[alias]), passwords)
     if "gwart.json" in names and "gwart.json" in files:
@@ -259,27 +288,44 @@ def _changed_resources(
     totals: dict[str, int] = {}
     for organization in sorted(set(old_orgs) | set(new_orgs)):
         was, now = old_orgs.get(organization, {}), new_orgs.get(organization, {})
-        names = {n for n in set(was) | set(now) if was.get(n) != now.get(n)}
-        old_gal, new_gal, totals[organization] = (
-            _changed_gal(was, now) if "gal.json" in names else ({}, {}, 0)
-        )
-        # A recipient's record or password hash can change only if its GAL line or its home
-        # server's host config changed.
-        aliases = {a for a in old_gal.keys() | new_gal.keys() if old_gal.get(a) != new_gal.get(a)}
-        if passwords := _changed_passwords(was, now, names) - aliases:
-            aliases |= passwords
-            old_gal |= {a: r for a, r in _gal(was).items() if a in passwords}
-            new_gal |= {a: r for a, r in _gal(now).items() if a in passwords}
-        for side, files, gal in ((before, was, old_gal), (after, now, new_gal)):
-            for resource in _organization_resources(organization, files, names, aliases, gal):
-                side[resource.address] = resource
+        totals[organization] = _changed_in_organization(organization, was, now, before, after)
     return before, after, totals
 
 
-def _changed_passwords(was: Mapping[str, str], now: Mapping[str, str], names: set[str]) -> set[str]:
+def _changed_in_organization(
+    organization: str,
+    was: Mapping[str, str],
+    now: Mapping[str, str],
+    before: dict[str, Resource],
+    after: dict[str, Resource],
+) -> int:
+    """One organization's part of _changed_resources, added to `before` and `after`; returns
+    its mailbox count before."""
+    names = {n for n in set(was) | set(now) if was.get(n) != now.get(n)}
+    old_gal, new_gal, total = _changed_gal(was, now) if "gal.json" in names else ({}, {}, 0)
+    # A recipient's record or password hash can change only if its GAL line or its home
+    # server's host config changed.
+    aliases = {a for a in old_gal.keys() | new_gal.keys() if old_gal.get(a) != new_gal.get(a)}
+    # Each side's host configs parsed once: a first plan of 100,000 mailboxes has 1,000.
     hosts = {n for n in names if n.startswith("hosts/")}
-    old, new = _password_hashes(was, hosts), _password_hashes(now, hosts)
-    return {a for a in set(old) | set(new) if old.get(a) != new.get(a)}
+    old_hashes, new_hashes = _password_hashes(was, hosts), _password_hashes(now, hosts)
+    if passwords := _changed_passwords(old_hashes, new_hashes) - aliases:
+        aliases |= passwords
+        old_gal |= {a: r for a, r in _gal(was).items() if a in passwords}
+        new_gal |= {a: r for a, r in _gal(now).items() if a in passwords}
+    for side, files, gal, hashes in (
+        (before, was, old_gal, old_hashes),
+        (after, now, new_gal, new_hashes),
+    ):
+        for resource in _organization_resources(
+            organization, files, names, aliases, gal=gal, passwords=hashes
+        ):
+            side[resource.address] = resource
+    return total
+
+
+def _changed_passwords(old: Mapping[str, str], new: Mapping[str, str]) -> set[str]:
+    return {a for a in old.keys() | new.keys() if old.get(a) != new.get(a)}
 
 
 def _mailbox(organization: str, entry: dict[str, Any], passwords: dict[str, str]) -> Resource:
@@ -334,16 +380,23 @@ KIND_ORDER = {"mailbox": 0, "proxy": 1, "route": 2, "zone": 3, "record": 4, "hos
 
 
 def diff(before: Mapping[str, Resource], after: Mapping[str, Resource]) -> list[ResourceChange]:
-    changes = []
-    for address in set(before) | set(after):
-        old, new = before.get(address), after.get(address)
+    """The changes, by kind (KIND_ORDER) then name. Sorted a kind at a time on the name alone:
+    a string sort, where a key of (order, name) tuples made sorting a first plan of 100,000
+    mailboxes (400,000 changes) take seconds."""
+    by_kind: dict[str, list[tuple[str, ResourceChange]]] = {kind: [] for kind in KIND_ORDER}
+    for address, new in after.items():
+        old = before.get(address)
         if old is None:
-            changes.append(ResourceChange(Action.CREATE, None, new))
-        elif new is None:
-            changes.append(ResourceChange(Action.DELETE, old, None))
+            by_kind[new.kind].append((new.name, ResourceChange(Action.CREATE, None, new)))
         elif old.attributes != new.attributes:
-            changes.append(ResourceChange(Action.UPDATE, old, new))
-    return sorted(changes, key=lambda c: (KIND_ORDER[c.resource.kind], c.resource.name))
+            by_kind[new.kind].append((new.name, ResourceChange(Action.UPDATE, old, new)))
+    for address, old in before.items():
+        if address not in after:
+            by_kind[old.kind].append((old.name, ResourceChange(Action.DELETE, old, None)))
+    changes = []
+    for kind in sorted(KIND_ORDER, key=KIND_ORDER.__getitem__):
+        changes += [change for _, change in sorted(by_kind[kind], key=itemgetter(0))]
+    return changes
 
 
 def runtime_actions(old: Mapping[str, str], new: Mapping[str, str]) -> list[RuntimeAction]:
@@ -437,12 +490,14 @@ def unsafe_findings(
     for resource in before.values():
         if resource.kind == "record":
             groups[_group(resource)] = groups.get(_group(resource), 0) + 1
+    # Counted once: a count for each group of each deletion was 10 million comparisons when
+    # 100,000 mailboxes went from an organization with 100 zones.
+    removed = Counter(_group(r) for r in deleted)
     for group, total in sorted(groups.items()):
-        removed = sum(_group(r) == group for r in deleted)
-        if total >= MIN_FOR_RATIO and removed > MAX_REMOVED_RATIO * total:
+        if total >= MIN_FOR_RATIO and removed[group] > MAX_REMOVED_RATIO * total:
             kind, where = group
             plural = "mailboxes" if kind == "mailbox" else f"{kind}s"
-            findings.append(f"removes {removed} of {total} {plural} of {where} (over 30%)")
+            findings.append(f"removes {removed[group]} of {total} {plural} of {where} (over 30%)")
     zones = {r.name for r in before.values() if r.kind == "zone"}
     for change in changes:
         resource = change.resource
@@ -472,7 +527,8 @@ def make_plan(
         before, after, mailboxes = _changed_resources(readable, new)
         changes = diff(before, after)
         actions = runtime_actions(old, new)
-    return Plan(changes, actions, drifted, unsafe_findings(before, changes, mailboxes))
+        unsafe = unsafe_findings(before, changes, mailboxes)
+    return Plan(changes, actions, drifted, unsafe)
 
 
 def _unreadable(drifted: Iterable[Drift], files: Mapping[str, str]) -> set[str]:

@@ -3,57 +3,77 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
-from mailwright.compiler.plan import Action, Plan, ResourceChange
+import orjson
+
+from mailwright.compiler.plan import SYMBOLS, Action, Plan, ResourceChange
 
 PLAN_FORMAT_VERSION = "1.0"
 STYLE = {Action.CREATE: "green", Action.UPDATE: "yellow", Action.DELETE: "red"}
 
 
 def _value(value: Any) -> str:
-    return (
-        json.dumps(value, ensure_ascii=False)
-        if not isinstance(value, str) or value == "(sensitive)"
-        else f'"{value}"'
-    )
+    """An attribute's value as the text plan shows it: a string in quotes as it is (a masked
+    secret too), anything else as JSON. The common types first: two million of these make the
+    first plan of a large organization."""
+    kind = type(value)
+    if kind is str:
+        return f'"{value}"'
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return json.dumps(value, ensure_ascii=False)
 
 
 def _change_lines(change: ResourceChange) -> list[str]:
-    lines = [f"  {change.action.symbol} {change.address}"]
-    for name, before, after in change.changed():
-        if change.action is Action.CREATE:
-            lines.append(f"      {name}: {_value(after)}")
-        elif change.action is Action.UPDATE:
-            lines.append(f"      {name}: {_value(before)} → {_value(after)}")
-    return lines
+    return _change_text(change).split("\n")
 
 
-def render_text(plan: Plan) -> list[tuple[str, str]]:
-    """Lines with their style."""
-    lines: list[tuple[str, str]] = []
-    for finding in plan.unsafe:
-        lines.append((f"Warning: {finding}; apply will refuse without --force.", "red bold"))
-    if plan.drift:
-        lines.append(
-            (
-                "Drift: artifacts changed outside mailwright since the last apply "
-                "(restored by apply):",
-                "magenta",
-            )
+def _change_text(change: ResourceChange) -> str:
+    """A change's lines, joined by newlines: its address, then what changes."""
+    action = change.action
+    head = f"  {SYMBOLS[action]} {change.address}"
+    if action is Action.CREATE:
+        return head + "".join(
+            [f"\n      {name}: {_value(after)}" for name, _, after in change.changed()]
         )
-        lines += [(f"  ! {d.artifact} ({d.problem})", "magenta") for d in plan.drift]
+    if action is Action.UPDATE:
+        return head + "".join(
+            [
+                f"\n      {name}: {_value(before)} → {_value(after)}"
+                for name, before, after in change.changed()
+            ]
+        )
+    return head
+
+
+def render_text(plan: Plan) -> Iterator[tuple[str, str]]:
+    """Blocks of lines (joined by newlines, none at the end) with their style: one block a
+    resource change, so that a plan of millions of lines is made and written as it goes."""
+    for finding in plan.unsafe:
+        yield f"Warning: {finding}; apply will refuse without --force.", "red bold"
+    if plan.drift:
+        yield (
+            "Drift: artifacts changed outside mailwright since the last apply (restored by apply):",
+            "magenta",
+        )
+        yield "\n".join(f"  ! {d.artifact} ({d.problem})" for d in plan.drift), "magenta"
     if not plan.has_changes:
-        return [*lines, ("No changes. The applied organization matches the specs.", "green")]
+        yield "No changes. The applied organization matches the specs.", "green"
+        return
     if plan.changes:
-        lines.append(("mailwright will perform the following actions:", "bold"))
+        yield "mailwright will perform the following actions:", "bold"
         for change in plan.changes:
-            lines += [(line, STYLE[change.action]) for line in _change_lines(change)]
+            yield _change_text(change), STYLE[change.action]
     if plan.runtime_actions:
-        lines.append(("Runtime:", "bold"))
-        lines += [(f"  {a.action} {a.host} ({a.reason})", "cyan") for a in plan.runtime_actions]
-    lines.append((plan.summary_line(), "bold"))
-    return lines
+        yield "Runtime:", "bold"
+        yield "\n".join(f"  {a.action} {a.host} ({a.reason})" for a in plan.runtime_actions), "cyan"
+    yield plan.summary_line(), "bold"
 
 
 def render_summary(plan: Plan) -> list[str]:
@@ -92,7 +112,9 @@ def plan_json(plan: Plan) -> dict[str, Any]:
 
 
 def render_json(plan: Plan) -> str:
-    return json.dumps(plan_json(plan), indent=2, ensure_ascii=False)
+    """As json.dumps(indent=2, ensure_ascii=False) writes it, at orjson's speed: json's indented
+    encoder is pure Python, a minute for a first plan of 100,000 mailboxes."""
+    return orjson.dumps(plan_json(plan), option=orjson.OPT_INDENT_2).decode()
 
 
 def render_markdown(plan: Plan) -> str:
