@@ -217,18 +217,18 @@ def _organization_resources(
     aliases: set[str] | None = None,
     *,
     gal: Mapping[str, str] | None = None,
-    passwords: dict[str, str] | None = None,
+    hosts: HostFacts | None = None,
 ) -> Iterable[Resource]:
     """The resources of artifacts `names` (default: all) in `files`; of the GAL (its lines by
-    alias, default: read from `files`), only the recipients `aliases` (default: all), with the
-    password hashes of the host configs among `names` (default: read from `files`)."""
+    alias, default: read from `files`), only the recipients `aliases` (default: all); what the
+    host configs among `names` hold as `hosts` says (default: read from `files`)."""
     names = set(files) if names is None else names
+    if hosts is None:
+        hosts = _host_facts(organization, files, {n for n in names if n.startswith("hosts/")})
     if aliases is None or aliases:
         gal = _gal(files) if gal is None else gal
-        if passwords is None:
-            passwords = _password_hashes(files, {n for n in names if n.startswith("hosts/")})
         for alias in sorted(gal.keys() if aliases is None else aliases & gal.keys()):
-            yield from _recipient(organization, orjson.loads(gal[alias]), passwords)
+            yield from _recipient(organization, orjson.loads(gal[alias]), hosts.passwords)
     if "gwart.json" in names and "gwart.json" in files:
         yield from _routes(organization, files["gwart.json"])
     for name in sorted(names & set(files)):
@@ -236,8 +236,7 @@ def _organization_resources(
             origin = name.removeprefix("zones/").removesuffix(".zone")
             yield from _zone_resources(organization, origin, files[name])
         elif name.startswith("hosts/"):
-            server = name.removeprefix("hosts/").removesuffix(".json")
-            yield _host(organization, server, files[name])
+            yield hosts.resources[name]
 
 
 def _recipient(
@@ -268,13 +267,25 @@ def _routes(organization: str, text: str) -> Iterable[Resource]:
         yield Resource("route", name, organization, attributes)
 
 
-def _password_hashes(files: Mapping[str, str], hosts: set[str]) -> dict[str, str]:
-    """Every mailbox's hash, from the host configs `hosts` (their home servers')."""
-    hashes = {}
+@dataclass(frozen=True)
+class HostFacts:
+    """What the plan takes from some host configs, each parsed once (a first plan of 100,000
+    mailboxes has 1,000 of them, 76 MB): every mailbox's password hash (their home servers'
+    configs), and each config's host resource by artifact name."""
+
+    passwords: dict[str, str]
+    resources: dict[str, Resource]
+
+
+def _host_facts(organization: str, files: Mapping[str, str], hosts: set[str]) -> HostFacts:
+    facts = HostFacts({}, {})
     for name in hosts & set(files):
-        for mailbox in orjson.loads(files[name])["mailboxes"]:
-            hashes[mailbox["alias"]] = mailbox["password_hash"]
-    return hashes
+        config = orjson.loads(files[name])
+        for mailbox in config["mailboxes"]:
+            facts.passwords[mailbox["alias"]] = mailbox["password_hash"]
+        server = name.removeprefix("hosts/").removesuffix(".json")
+        facts.resources[name] = _host(organization, server, files[name], config)
+    return facts
 
 
 def _changed_resources(
@@ -306,19 +317,18 @@ def _changed_in_organization(
     # A recipient's record or password hash can change only if its GAL line or its home
     # server's host config changed.
     aliases = {a for a in old_gal.keys() | new_gal.keys() if old_gal.get(a) != new_gal.get(a)}
-    # Each side's host configs parsed once: a first plan of 100,000 mailboxes has 1,000.
     hosts = {n for n in names if n.startswith("hosts/")}
-    old_hashes, new_hashes = _password_hashes(was, hosts), _password_hashes(now, hosts)
-    if passwords := _changed_passwords(old_hashes, new_hashes) - aliases:
+    old_hosts, new_hosts = (_host_facts(organization, f, hosts) for f in (was, now))
+    if passwords := _changed_passwords(old_hosts.passwords, new_hosts.passwords) - aliases:
         aliases |= passwords
         old_gal |= {a: r for a, r in _gal(was).items() if a in passwords}
         new_gal |= {a: r for a, r in _gal(now).items() if a in passwords}
-    for side, files, gal, hashes in (
-        (before, was, old_gal, old_hashes),
-        (after, now, new_gal, new_hashes),
+    for side, files, gal, facts in (
+        (before, was, old_gal, old_hosts),
+        (after, now, new_gal, new_hosts),
     ):
         for resource in _organization_resources(
-            organization, files, names, aliases, gal=gal, passwords=hashes
+            organization, files, names, aliases, gal=gal, hosts=facts
         ):
             side[resource.address] = resource
     return total
@@ -361,8 +371,7 @@ def _zone_resources(organization: str, origin: str, text: str) -> Iterable[Resou
                 )
 
 
-def _host(organization: str, server: str, text: str) -> Resource:
-    config = orjson.loads(text)
+def _host(organization: str, server: str, text: str, config: dict[str, Any]) -> Resource:
     attributes = {
         "roles": config["server"]["roles"],
         "services": config["server"]["services"],
