@@ -929,22 +929,16 @@ def _parser() -> argparse.ArgumentParser:
         "the plan with one mailbox changed) and print its hotspots",
     )
     parser.add_argument("--top", type=int, default=25, help="hotspots to print with --profile")
-    parser.add_argument(
-        "--plan-only",
-        action="store_true",
-        help="only the plan with one mailbox changed, on the largest of --sizes",
-    )
-    parser.add_argument(
-        "--no-plan", action="store_true", help="skip the plan with one mailbox changed"
-    )
-    parser.add_argument(
-        "--first-only",
-        action="store_true",
-        help="only the first plan and the first apply, on the largest of --sizes",
-    )
-    parser.add_argument(
-        "--no-first", action="store_true", help="skip the first plan and the first apply"
-    )
+    for section, what in (
+        ("plan", "the plan with one mailbox changed"),
+        ("first", "the first plan and the first apply"),
+    ):
+        parser.add_argument(
+            f"--{section}-only",
+            action="store_true",
+            help=f"only {what}, on the largest of --sizes",
+        )
+        parser.add_argument(f"--no-{section}", action="store_true", help=f"skip {what}")
     parser.add_argument(
         "--timeout",
         type=float,
