@@ -21,6 +21,7 @@ import orjson
 from dns.exception import DNSException
 
 from mailwright.compiler.gal import RECIPIENT_INDENT, recipient_line
+from mailwright.compiler.zonefile import read_compiled_zone
 from mailwright.schema.loader import gc_paused
 
 SENSITIVE = "(sensitive)"
@@ -355,6 +356,19 @@ def _mailbox(organization: str, entry: dict[str, Any], passwords: dict[str, str]
 
 
 def _zone_resources(organization: str, origin: str, text: str) -> Iterable[Resource]:
+    compiled = read_compiled_zone(origin, text)
+    if compiled is None:
+        yield from _parsed_zone_resources(organization, origin, text)
+        return
+    yield Resource("zone", origin, organization, {"serial": compiled.serial})
+    for name, kind, rdata, ttl in compiled.records:
+        yield Resource(
+            "record", f"{name} {kind} {rdata}", organization, {"zone": origin, "ttl": ttl}
+        )
+
+
+def _parsed_zone_resources(organization: str, origin: str, text: str) -> Iterable[Resource]:
+    """A zone's resources through dnspython's parser: any zone file, as edited by hand."""
     zone = dns.zone.from_text(text, origin, relativize=False, check_origin=False)
     for name, node in sorted(zone.nodes.items()):
         for rdataset in node.rdatasets:
