@@ -325,9 +325,11 @@ def apply_command(
     """Apply specs (after showing the plan and asking) or a saved plan (exactly, no prompt)."""
     state_dir = StateDir(state)
     from_file = len(targets) == 1 and targets[0].suffix.lower() not in (".yaml", ".yml")
-    with _progress() as progress:
-        progress("Loading specs", 0, None)
-        specs = [] if from_file else _load(targets, state_dir.import_cache)
+    specs: list[LoadedSpec] = []
+    if not from_file:
+        with _progress() as progress:
+            progress("Loading specs", 0, None)
+            specs = _load(targets, state_dir.import_cache)
     try:
         with state_dir.locked(lock_timeout):
             with _progress() as progress:
