@@ -19,7 +19,7 @@ def _value(value: Any) -> str:
     secret too), anything else as JSON. The common types first: two million of these make the
     first plan of a large organization."""
     kind = type(value)
-    if kind is str:
+    if kind is str or isinstance(value, str):
         return f'"{value}"'
     if kind is int:
         return str(value)
