@@ -494,43 +494,52 @@ def unsafe_findings(
 ) -> list[str]:
     """`before` holds every record of each changed zone; `mailboxes` counts each organization's
     mailboxes before (default: those in `before`)."""
-    findings = []
+    return _blast_radius(before, changes, mailboxes) + _ns_changes(before, changes)
+
+
+def _blast_radius(
+    before: Mapping[str, Resource],
+    changes: list[ResourceChange],
+    mailboxes: Mapping[str, int] | None,
+) -> list[str]:
+    """Removals of over 30% of an organization's mailboxes or of a zone's records."""
     # Only mailboxes and records count towards the blast radius (a deleted proxy has no zone).
+    delete = Action.DELETE  # a local: the loop runs over every change of a first plan
     deleted = [
-        c.resource
+        c.before
         for c in changes
-        if c.action is Action.DELETE and c.resource.kind in ("mailbox", "record")
+        if c.action is delete and c.before is not None and c.before.kind in ("mailbox", "record")
     ]
     if mailboxes is None:
-        mailboxes = {}
-        for resource in before.values():
-            if resource.kind == "mailbox":
-                mailboxes[resource.organization] = mailboxes.get(resource.organization, 0) + 1
+        mailboxes = Counter(r.organization for r in before.values() if r.kind == "mailbox")
     groups: dict[tuple[str, str], int] = {
         ("mailbox", f"organization {organization}"): count
         for organization, count in mailboxes.items()
     }
-    for resource in before.values():
-        if resource.kind == "record":
-            groups[_group(resource)] = groups.get(_group(resource), 0) + 1
+    groups |= Counter(_group(r) for r in before.values() if r.kind == "record")
     # Counted once: a count for each group of each deletion was 10 million comparisons when
     # 100,000 mailboxes went from an organization with 100 zones.
     removed = Counter(_group(r) for r in deleted)
+    findings = []
     for group, total in sorted(groups.items()):
         if total >= MIN_FOR_RATIO and removed[group] > MAX_REMOVED_RATIO * total:
             kind, where = group
             plural = "mailboxes" if kind == "mailbox" else f"{kind}s"
             findings.append(f"removes {removed[group]} of {total} {plural} of {where} (over 30%)")
-    zones = {r.name for r in before.values() if r.kind == "zone"}
-    for change in changes:
-        resource = change.resource
-        if (
-            resource.kind == "record"
-            and resource.name.split(" ", 2)[1] == "NS"
-            and resource.attributes["zone"] in zones
-        ):
-            findings.append(f"changes an NS record: {change.action.symbol} {resource.name}")
     return findings
+
+
+def _ns_changes(before: Mapping[str, Resource], changes: list[ResourceChange]) -> list[str]:
+    """Any change of an NS record of a zone that is applied."""
+    zones = {r.name for r in before.values() if r.kind == "zone"}
+    return [
+        f"changes an NS record: {change.action.symbol} {resource.name}"
+        for change in changes
+        if (resource := change.after or change.before) is not None
+        and resource.kind == "record"
+        and resource.name.split(" ", 2)[1] == "NS"
+        and resource.attributes["zone"] in zones
+    ]
 
 
 def _group(resource: Resource) -> tuple[str, str]:
