@@ -66,6 +66,16 @@ class Resource:
         """Attributes as they may be printed: secrets masked."""
         return {k: SENSITIVE if k in self.sensitive else v for k, v in self.attributes.items()}
 
+    def listed(self) -> list[tuple[str, Any]]:
+        """(attribute, value) of each attribute that is set (not None), by name, secrets
+        masked: what a plan shows of a resource created or deleted."""
+        hidden = self.sensitive
+        return [
+            (k, SENSITIVE if k in hidden else v)
+            for k, v in sorted(self.attributes.items())
+            if v is not None
+        ]
+
 
 @dataclass(frozen=True)
 class ResourceChange:
@@ -98,22 +108,11 @@ class ResourceChange:
         ]
 
     def _every_attribute(self) -> list[tuple[str, Any, Any]]:
-        """changed() of a resource created or deleted: each attribute that is not None against
-        None. Its own loop: a first plan of 100,000 mailboxes asks this of 400,000 resources."""
+        """changed() of a resource created or deleted: each attribute set, against None."""
         if self.after is None:
             assert self.before is not None
-            hidden = self.before.sensitive
-            return [
-                (k, SENSITIVE if k in hidden else v, None)
-                for k, v in sorted(self.before.attributes.items())
-                if v is not None
-            ]
-        hidden = self.after.sensitive
-        return [
-            (k, None, SENSITIVE if k in hidden else v)
-            for k, v in sorted(self.after.attributes.items())
-            if v is not None
-        ]
+            return [(k, v, None) for k, v in self.before.listed()]
+        return [(k, None, v) for k, v in self.after.listed()]
 
 
 @dataclass(frozen=True)

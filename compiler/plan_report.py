@@ -36,11 +36,13 @@ def _change_lines(change: ResourceChange) -> list[str]:
 
 def _change_text(change: ResourceChange) -> str:
     """A change's lines, joined by newlines: its address, then what changes."""
-    action = change.action
-    head = f"  {SYMBOLS[action]} {change.address}"
+    action, resource = change.action, change.resource
+    head = f"  {SYMBOLS[action]} {resource.address}"
     if action is Action.CREATE:
+        # listed() rather than changed(): no (name, None, value) triples for most of the
+        # two million lines of a first plan.
         return head + "".join(
-            [f"\n      {name}: {_value(after)}" for name, _, after in change.changed()]
+            [f"\n      {name}: {_value(value)}" for name, value in resource.listed()]
         )
     if action is Action.UPDATE:
         return head + "".join(
