@@ -30,10 +30,6 @@ def _value(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def _change_lines(change: ResourceChange) -> list[str]:
-    return _change_text(change).split("\n")
-
-
 def _change_text(change: ResourceChange) -> str:
     """A change's lines, joined by newlines: its address, then what changes."""
     action, resource = change.action, change.resource
@@ -129,10 +125,8 @@ def render_markdown(plan: Plan) -> str:
     if plan.changes:
         out += ["", "<details><summary>Changes</summary>", "", "```diff"]
         for change in plan.changes:
-            out += [
-                line.replace(f"  {change.action.symbol} ", f"{change.action.symbol} ", 1)
-                for line in _change_lines(change)
-            ]
+            # A diff block: the symbol in the first column, where the text plan indents it.
+            out.append(_change_text(change).removeprefix("  "))
         out += ["```", "", "</details>"]
     if plan.runtime_actions:
         out += ["", "| host | action | why |", "| --- | --- | --- |"]
