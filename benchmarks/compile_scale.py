@@ -22,8 +22,17 @@ resource changes by kind and action, and the runtime actions, and checks that th
 exactly that mailbox's change and its home server's host config. It also times the
 `mailwright plan --detailed-exitcode` command itself, start-up and text rendering included.
 
+First plan and first apply: for the largest size it writes the CSV organization afresh and
+runs the `mailwright` commands themselves, each from an empty state directory of its own, with
+MAILWRIGHT_RUNTIME=off and stdout to a file: `plan` (every resource to add: about two million
+lines at 100k) and `apply --auto-approve` (the same plan printed, then the artifacts and state
+written). It prints each one's wall clock and its own peak RSS (wait4), and the lines written.
+A command still running after --timeout seconds is stopped and reported so. The move of a
+10,000-message mailbox (messages/s) will be measured in `measure_move`, once apply moves mail.
+
 Run: .venv/bin/python benchmarks/compile_scale.py [--sizes 1000,10000,100000] [--all]
      .venv/bin/python benchmarks/compile_scale.py --plan-only [--sizes 100000]  # the plan only
+     .venv/bin/python benchmarks/compile_scale.py --first-only [--sizes 100000] # first plan+apply
      .venv/bin/python benchmarks/compile_scale.py --profile csv:100000   # cProfile, top hotspots
      .venv/bin/python benchmarks/compile_scale.py --profile plan:100000  # the plan's hotspots
 A script that prints figures, not a test.
@@ -39,9 +48,11 @@ import os
 import platform
 import pstats
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -523,6 +534,163 @@ def run_plan(size: int) -> PlanResult:
         return measure_plan(Path(tmp), size, password)
 
 
+# --- first plan and first apply: a whole organization, from an empty state ------------------
+
+# A first plan of 100,000 mailboxes (two million lines) written to a file by `mailwright plan`
+# within 10 s and 1.5 GiB; a first `mailwright apply --auto-approve` (runtime off) within 40 s.
+TARGET_FIRST_SIZE = 100_000
+TARGET_FIRST_PLAN_SECONDS, TARGET_FIRST_PLAN_MIB = 10.0, 1536.0
+TARGET_FIRST_APPLY_SECONDS = 40.0
+# A command that has not finished by then is stopped and reported so.
+COMMAND_TIMEOUT = 600.0
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `mailwright` command as measured: wall clock, its own peak RSS, exit code."""
+
+    seconds: float
+    peak_mib: float
+    exit: int | None  # None: stopped after the timeout
+    output_lines: int
+    output_mib: float
+
+    @property
+    def finished(self) -> bool:
+        return self.exit is not None
+
+
+def run_command(
+    arguments: Sequence[str], output: Path, env: dict[str, str], timeout: float
+) -> Command:
+    """`mailwright ARGUMENTS` with stdout to `output`. The peak RSS is the command's own
+    (wait4's rusage of that child): RUSAGE_CHILDREN would report the largest child so far."""
+    with output.open("wb") as out:
+        start = time.perf_counter()
+        process = subprocess.Popen(
+            [*_mailwright_command(), *arguments],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        timer = threading.Timer(timeout, process.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            timer.cancel()
+        seconds = time.perf_counter() - start
+    process.returncode = code = os.waitstatus_to_exitcode(status)
+    peak = usage.ru_maxrss / (1024 * 1024) if sys.platform == "darwin" else usage.ru_maxrss / 1024
+    with output.open("rb") as written:
+        lines = sum(chunk.count(b"\n") for chunk in iter(lambda: written.read(1 << 20), b""))
+    size = output.stat().st_size / (1024 * 1024)
+    return Command(seconds, peak, None if code == -signal.SIGKILL else code, lines, size)
+
+
+@dataclass(frozen=True)
+class MoveResult:
+    """A Move Mailbox of one mailbox between two store hosts (see measure_move)."""
+
+    messages: int
+    seconds: float
+
+    @property
+    def per_second(self) -> float:
+        return self.messages / self.seconds
+
+
+@dataclass(frozen=True)
+class FirstResult:
+    shape: Shape
+    plan: Command
+    apply: Command
+    move: MoveResult | None
+
+
+def measure_move(workdir: Path) -> MoveResult | None:
+    """The move of a 10,000-message mailbox to another store host, in messages/s: the place
+    for it once `apply` moves mail (issue 13, Move Mailbox). None until then."""
+    del workdir
+    return None
+
+
+def measure_first(workdir: Path, size: int, password: str, timeout: float) -> FirstResult:
+    """`mailwright plan` into a file, then `mailwright apply --auto-approve`, each from an
+    empty state directory of its own (so the plan reads every CSV file too)."""
+    shape = shape_for(size)
+    spec = write_csv_form(workdir / f"first-{size}", shape, password)
+    env = {**os.environ, "MAILWRIGHT_RUNTIME": "off"}
+    for colour in ("FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE"):
+        env.pop(colour, None)
+    plan = run_command(
+        ["plan", "--state", str(workdir / "first-plan-state"), str(spec)],
+        workdir / "first-plan.txt",
+        env,
+        timeout,
+    )
+    apply = run_command(
+        ["apply", "--auto-approve", "--state", str(workdir / "first-apply-state"), str(spec)],
+        workdir / "first-apply.txt",
+        env,
+        timeout,
+    )
+    return FirstResult(shape, plan, apply, measure_move(workdir))
+
+
+def _command_line(label: str, c: Command, timeout: float) -> str:
+    if not c.finished:
+        return f"  {label}: not finished after {timeout:.0f} s (stopped); peak {c.peak_mib:.0f} MiB"
+    return (
+        f"  {label}: {c.seconds:.2f} s wall, peak RSS {c.peak_mib:.0f} MiB, exit {c.exit}, "
+        f"{c.output_lines:,} lines ({c.output_mib:.0f} MiB) of output"
+    )
+
+
+def report_first(r: FirstResult, timeout: float) -> list[str]:
+    return [
+        f"first plan and apply: {r.shape.mailboxes:,} mailboxes (CSV import), {r.shape.sites} "
+        f"sites, {r.shape.servers:,} servers, each from an empty state",
+        _command_line("`mailwright plan` to a file", r.plan, timeout),
+        _command_line(
+            "`mailwright apply --auto-approve` (MAILWRIGHT_RUNTIME=off)", r.apply, timeout
+        ),
+        _move_line(r.move),
+    ]
+
+
+def _move_line(move: MoveResult | None) -> str:
+    label = "  move of a 10,000-message mailbox"
+    if move is None:
+        return f"{label}: not measured yet"
+    return f"{label}: {move.messages:,} in {move.seconds:.2f} s, {move.per_second:,.0f} messages/s"
+
+
+def first_targets(r: FirstResult | None) -> list[str]:
+    plan_label = f"  first plan, {TARGET_FIRST_SIZE:,} mailboxes, to a file"
+    apply_label = f"  first apply, {TARGET_FIRST_SIZE:,} mailboxes, runtime off"
+    if r is None or r.shape.mailboxes != TARGET_FIRST_SIZE:
+        return [f"{plan_label}: not measured", f"{apply_label}: not measured", _move_line(None)]
+    plan, apply = r.plan, r.apply
+    plan_ok = plan.finished and plan.exit == 0 and plan.seconds <= TARGET_FIRST_PLAN_SECONDS
+    apply_ok = apply.finished and apply.exit == 0 and apply.seconds <= TARGET_FIRST_APPLY_SECONDS
+    return [
+        f"{plan_label}: {plan.seconds:.2f} s <= {TARGET_FIRST_PLAN_SECONDS:.0f} s "
+        f"{_verdict(plan_ok)}; peak {plan.peak_mib:.0f} MiB <= {TARGET_FIRST_PLAN_MIB:.0f} MiB "
+        f"{_verdict(plan.peak_mib <= TARGET_FIRST_PLAN_MIB)}",
+        f"{apply_label}: {apply.seconds:.2f} s <= {TARGET_FIRST_APPLY_SECONDS:.0f} s "
+        f"{_verdict(apply_ok)}",
+        _move_line(r.move),
+    ]
+
+
+def run_first(size: int, timeout: float) -> FirstResult:
+    password = argon2.PasswordHasher().hash("compile-scale benchmark")
+    with tempfile.TemporaryDirectory(prefix="mailwright-first-scale-") as tmp:
+        return measure_first(Path(tmp), size, password, timeout)
+
+
 # --- the parent: generate, measure, report --------------------------------------------------
 
 
@@ -761,13 +929,22 @@ def _parser() -> argparse.ArgumentParser:
         "the plan with one mailbox changed) and print its hotspots",
     )
     parser.add_argument("--top", type=int, default=25, help="hotspots to print with --profile")
+    for section, what in (
+        ("plan", "the plan with one mailbox changed"),
+        ("first", "the first plan and the first apply"),
+    ):
+        parser.add_argument(
+            f"--{section}-only",
+            action="store_true",
+            help=f"only {what}, on the largest of --sizes",
+        )
+        parser.add_argument(f"--no-{section}", action="store_true", help=f"skip {what}")
     parser.add_argument(
-        "--plan-only",
-        action="store_true",
-        help="only the plan with one mailbox changed, on the largest of --sizes",
-    )
-    parser.add_argument(
-        "--no-plan", action="store_true", help="skip the plan with one mailbox changed"
+        "--timeout",
+        type=float,
+        default=COMMAND_TIMEOUT,
+        help=f"stop a measured `mailwright` command after this many seconds "
+        f"(default {COMMAND_TIMEOUT:.0f})",
     )
     parser.add_argument("--child", nargs=2, metavar=("SPEC", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--profile-child", nargs=2, help=argparse.SUPPRESS)
@@ -795,6 +972,30 @@ def _run_as_child(args: argparse.Namespace) -> bool:
     return True
 
 
+def _compile_section(args: argparse.Namespace) -> list[str]:
+    """Load and compile at each size: the table now, the target lines for the end."""
+    print("times in seconds; RSS in MiB (ru_maxrss of the child: after imports, after")
+    print("load+validate, at the end); each row a fresh child process\n")
+    print(HEADER, flush=True)
+    return targets(run_all(args.sizes, args.all))
+
+
+def _plan_section(args: argparse.Namespace) -> list[str]:
+    print(flush=True)
+    planned = run_plan(max(args.sizes))
+    for line in report_plan(planned):
+        print(line)
+    return plan_targets(planned)
+
+
+def _first_section(args: argparse.Namespace) -> list[str]:
+    print(flush=True)
+    first = run_first(max(args.sizes), args.timeout)
+    for line in report_first(first, args.timeout):
+        print(line)
+    return first_targets(first)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if _run_as_child(args):
@@ -810,24 +1011,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             profile_compile(form, size, args.top)
         return 0
-
-    results: list[Result] = []
-    if not args.plan_only:
-        print("times in seconds; RSS in MiB (ru_maxrss of the child: after imports, after")
-        print("load+validate, at the end); each row a fresh child process\n")
-        print(HEADER, flush=True)
-        results = run_all(args.sizes, args.all)
-    planned = None
-    if not args.no_plan:
-        if results:
-            print()
-        planned = run_plan(max(args.sizes))
-        for line in report_plan(planned):
-            print(line)
+    target_lines: list[str] = []
+    if not (args.plan_only or args.first_only):
+        target_lines += _compile_section(args)
+    if not (args.no_plan or args.first_only):
+        target_lines += _plan_section(args)
+    if not (args.no_first or args.plan_only):
+        target_lines += _first_section(args)
     print("\ntargets")
-    for line in targets(results) if results else []:
-        print(line)
-    for line in [] if args.no_plan else plan_targets(planned):
+    for line in target_lines:
         print(line)
     return 0
 

@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import json
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,8 @@ from mailwright.runtime.launcher import (
 from mailwright.schema import LoadedSpec
 
 PLANFILE_FORMAT_VERSION = 1
+# How a long step reports: (step, done, in all or None when not known). The CLI shows it.
+StepProgress = Callable[[str, int, int | None], None]
 # Hosts get 127.0.1.1, 127.0.1.2, ...: inside 127.0.0.0/8 and clear of 127.0.0.1 itself.
 FIRST_HOST_ADDRESS = ipaddress.IPv4Address("127.0.1.1")
 
@@ -61,11 +63,28 @@ class PreparedPlan:
     spec_hashes: dict[str, str]
 
 
-def prepare(specs: Sequence[LoadedSpec], state_dir: StateDir) -> PreparedPlan:
+def prepare(
+    specs: Sequence[LoadedSpec], state_dir: StateDir, progress: StepProgress | None = None
+) -> PreparedPlan:
     state = state_dir.read()
+    _report(progress, "Compiling")
     compiled = compile_all(specs, state.zone_serials, build_date())
     files = tree_files(compiled)
+    _report(progress, "Planning")
     return _prepared(state_dir, state, files, _spec_hashes(compiled, files))
+
+
+def _report(progress: StepProgress | None, step: str) -> None:
+    """A step begins whose share done is not known."""
+    if progress is not None:
+        progress(step, 0, None)
+
+
+def _counted(progress: StepProgress | None, step: str) -> Progress | None:
+    """A step that counts what it has done, as write_tree_durably and launch do."""
+    if progress is None:
+        return None
+    return lambda done, total: progress(step, done, total)
 
 
 def _prepared(
@@ -160,7 +179,9 @@ def load_plan(path: Path, state_dir: StateDir) -> PreparedPlan:
     return _prepared(state_dir, state, document["files"], document["spec_hashes"])
 
 
-def apply(prepared: PreparedPlan, state_dir: StateDir, progress: Progress | None = None) -> State:
+def apply(
+    prepared: PreparedPlan, state_dir: StateDir, progress: StepProgress | None = None
+) -> State:
     """Write the artifacts and the new state (caller holds the lock and checked safety)."""
     state = state_dir.read()
     if (state.lineage, state.serial) != (prepared.lineage, prepared.state_serial) and not (
@@ -180,13 +201,13 @@ def apply(prepared: PreparedPlan, state_dir: StateDir, progress: Progress | None
     target = state_dir.artifacts(new.serial).resolve()
     if target.exists():
         shutil.rmtree(target)  # leftovers of an apply that crashed before naming them
-    write_tree_durably(target, prepared.files)
+    write_tree_durably(target, prepared.files, _counted(progress, "Writing artifacts"))
     new.fingerprints = fingerprints(target, prepared.files)
     _retain_removed_stores(prepared.plan, state_dir, new.serial)
     state_dir.write(new)
     actions = [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions]
     try:
-        launch(state_dir.path, target, new.serial, actions, progress)
+        launch(state_dir.path, target, new.serial, actions, _counted(progress, "Starting hosts"))
     except LaunchError as exc:
         _roll_back(state_dir, state, target)
         raise ApplyError(f"{exc}; rolled back to state serial {state.serial}") from None

@@ -28,7 +28,7 @@ import pytest
 from mailwright.compiler import apply as apply_module
 from mailwright.compiler.apply import apply, prepare
 from mailwright.compiler.plan import Action, Resource, ResourceChange, unsafe_findings
-from mailwright.compiler.state import State, StateDir, write_tree_durably
+from mailwright.compiler.state import Progress, State, StateDir, write_tree_durably
 from mailwright.schema import load_specs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -615,9 +615,9 @@ def test_a_crash_while_writing_the_artifacts_keeps_the_previous_state(
     state_dir = StateDir(Path("state"))
     workspace.edit("dcnw.yaml", "surname: Quinn", "surname: Quincy")
 
-    def half_then_crash(root: Path, files: dict[str, str]) -> None:
+    def half_then_crash(root: Path, files: dict[str, str], progress: Progress | None) -> None:
         names = sorted(files)
-        write_tree_durably(root, {n: files[n] for n in names[: len(names) // 2]})
+        write_tree_durably(root, {n: files[n] for n in names[: len(names) // 2]}, progress)
         raise OSError("injected crash halfway through the artifacts")
 
     with monkeypatch.context() as patched:
