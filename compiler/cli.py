@@ -20,7 +20,14 @@ from rich.progress import Progress, TaskID
 
 from mailwright.compiler import apply as apply_module
 from mailwright.compiler import plan_report
-from mailwright.compiler.apply import StepProgress, apply, load_plan, prepare, save_plan
+from mailwright.compiler.apply import (
+    StepProgress,
+    apply,
+    load_plan,
+    moving_stores,
+    prepare,
+    save_plan,
+)
 from mailwright.compiler.build import compile_specs
 from mailwright.compiler.graph import render_dot
 from mailwright.compiler.plan import Action, Plan, UnsafePlanError
@@ -353,9 +360,16 @@ def apply_command(
                 _confirm()
             with _progress() as progress:
                 applied = apply(prepared, state_dir, progress)
+                moving = _wait_for_moves(prepared.plan, state_dir, progress)
     except (StateError, UnsafePlanError, ZoneError, launcher.LaunchError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
+    if moving:
+        err.print(
+            f"note: still moving the mail of {', '.join(moving)}; their hosts finish the move "
+            "by themselves (see `mailwright logs HOST`)",
+            markup=False,
+        )
     counts = prepared.plan.counts()
     out.print(
         f"Apply complete! Resources: {counts[Action.CREATE]} added, "
@@ -388,6 +402,16 @@ def _progress() -> Iterator[StepProgress]:
             bar.update(tasks[step], completed=done, total=total)
 
         yield update
+
+
+def _wait_for_moves(plan: Plan, state_dir: StateDir, progress: StepProgress) -> list[str]:
+    """Until the moved and renamed mailboxes' mail is at their new homes (or moves no more)."""
+    stores = moving_stores(plan)
+    if not stores:
+        return []
+    return launcher.wait_until_moved(
+        state_dir.path, stores, lambda done, total: progress("Moving mailboxes", done, total)
+    )
 
 
 def _no_progress(step: str, done: int, total: int | None) -> None:
