@@ -126,3 +126,14 @@ def test_a_move_survives_apply_killed_part_way(acme: Organization, after: float)
 
     assert acme.maildir("beta") == seeded
     assert sorted(acme.uidls("beta")) == sorted(before)
+
+
+def test_apply_returns_once_the_mail_has_moved(acme: Organization) -> None:
+    store = MailStore(acme.state / "hosts" / "alpha" / "store")
+    for i in range(4 * SEEDED):  # enough to take longer than the hosts' reload
+        store.deliver("ann", f"<m{i}@acme.test>", f"Subject: {i}\n\nbody {i}\n".encode())
+    seeded = acme.maildir("alpha")
+    acme.apply("alpha")
+    acme.apply("beta")
+    assert not (acme.state / "hosts" / "alpha" / "store" / "ann").exists()
+    assert acme.maildir("beta") == seeded
