@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -220,12 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True)
     args = parser.parse_args(argv)
     supervisor = Supervisor(args.state.resolve())
-    (supervisor.runtime).mkdir(parents=True, exist_ok=True)
-    (supervisor.runtime / "supervisor.pid").write_text(str(os.getpid()))
-    try:
-        supervisor.run()
-    finally:
-        (supervisor.runtime / "supervisor.pid").unlink(missing_ok=True)
+    supervisor.runtime.mkdir(parents=True, exist_ok=True)
+    # One supervisor a state directory: two applies that each found none running (the first
+    # one's pid file not written yet, or the apply that started it killed) start two, and
+    # the second would fight the first for every host's ports. The lock goes with the process.
+    with open(supervisor.runtime / "supervisor.lock", "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("supervisor: another one runs for this state; leaving it", file=sys.stderr)
+            return 0
+        (supervisor.runtime / "supervisor.pid").write_text(str(os.getpid()))
+        try:
+            supervisor.run()
+        finally:
+            (supervisor.runtime / "supervisor.pid").unlink(missing_ok=True)
     return 0
 
 

@@ -194,3 +194,20 @@ def test_down_then_apply_resumes_queued_mail(runtime: Runtime) -> None:
     [delivered] = list(maildir.glob("*"))
     assert b"queued while down" in delivered.read_bytes()
     assert not list(queue.root.glob("*.msg"))
+
+
+def test_a_second_supervisor_for_the_same_state_leaves_the_first_alone(runtime: Runtime) -> None:
+    # Two applies that both find no supervisor running start two; only the first may stay.
+    assert runtime.apply().returncode == 0
+    first = runtime.status()["pid"]
+    second = subprocess.run(
+        [sys.executable, "-m", "mailwright.runtime.supervisor", "--state", str(runtime.state)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert second.returncode == 0
+    assert "another one runs" in second.stderr
+    assert runtime.status()["pid"] == first
+    assert all(host["state"] == "running" for host in runtime.status()["hosts"].values())
