@@ -89,15 +89,15 @@ class MailboxMover:
 
     async def _move(self, folder: str, alias: str, home: str) -> None:
         loop = asyncio.get_running_loop()
+        mailbox = self.store.mailbox(folder)
+        while not mailbox.close():
+            await asyncio.sleep(0.01)  # a delivery under way lands first, then moves too
         if home == self.server and await loop.run_in_executor(
             None, self.store.rename, folder, alias
         ):
             print(f"move: {folder} renamed {alias}", file=sys.stderr, flush=True)
             return
         sink = self._local(alias) if home == self.server else self._remote(alias, home)
-        mailbox = self.store.mailbox(folder)
-        while not mailbox.close():
-            await asyncio.sleep(0.01)  # a delivery under way lands first, then moves too
         moved = 0
         for batch in _batches(mailbox.messages()):
             await sink({"alias": alias, "messages": await loop.run_in_executor(None, _read, batch)})

@@ -345,9 +345,9 @@ class MailStore:
 
     def mailbox(self, alias: str) -> Mailbox:
         with self._lock:
-            return self.mailbox_unlocked(alias)
+            return self._mailbox(alias)
 
-    def mailbox_unlocked(self, alias: str) -> Mailbox:
+    def _mailbox(self, alias: str) -> Mailbox:
         if alias not in self._mailboxes:
             self._mailboxes[alias] = Mailbox(self.root / alias, self._limits.get(alias))
         return self._mailboxes[alias]
@@ -376,12 +376,13 @@ class MailStore:
         return sorted(entry.name for entry in os.scandir(self.root) if entry.is_dir())
 
     def rename(self, old: str, new: str) -> bool:
-        """A renamed mailbox's folder becomes the new alias's in one rename, unless the new
-        alias has a folder already (then False: its messages join it one by one)."""
+        """A renamed mailbox's folder (closed, nothing under way) becomes the new alias's in one
+        rename, unless the new alias has a folder already (then False: its messages join it
+        one by one)."""
         with self._lock:
             if (self.root / new).exists():
                 return False
-            self._close(old)
+            self._mailboxes.pop(old, None)
             os.rename(self.root / old, self.root / new)
             fsync_dir(self.root)
             return True
@@ -390,7 +391,7 @@ class MailStore:
         """The folder of a mailbox whose mail has all gone to its new home or name; False
         (and kept) when mail came back meanwhile (it moved back here)."""
         with self._lock:
-            if not self.mailbox_unlocked(alias).moved_away():
+            if not self._mailbox(alias).moved_away():
                 return False
             self._mailboxes.pop(alias)
             shutil.rmtree(self.root / alias)
@@ -402,6 +403,3 @@ class MailStore:
             if (mailbox := self._mailboxes.get(alias)) is not None:
                 mailbox.reopen()
 
-    def _close(self, alias: str) -> None:
-        if (stale := self._mailboxes.pop(alias, None)) is not None:
-            stale.close()
