@@ -10,8 +10,9 @@ from typing import Any
 import orjson
 
 from mailwright.compiler.inheritance import effective_pop3, server_pop3
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import LoadedSpec
-from mailwright.schema.addressing import AddressType, ProxyAddress
+from mailwright.schema.addressing import ProxyAddress
 from mailwright.schema.models import Mailbox, Pop3Settings
 
 RECIPIENT_INDENT = "    "

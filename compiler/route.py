@@ -13,8 +13,9 @@ import dns.zone
 from mailwright.compiler.gal import GalEntry, build_gal
 from mailwright.compiler.gwart import Selection, build_gwart
 from mailwright.compiler.zones import render_zones
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import LoadedSpec
-from mailwright.schema.addressing import AddressType, check_address
+from mailwright.schema.addressing import check_address
 
 
 class RouteError(Exception):

@@ -48,9 +48,8 @@ from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report
 from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import PendingRecipient, QueueEntry, sleep_until_due
 from mailwright.runtime.router import Disposition
+from mailwright.runtime.routing import AddressType, fit
 from mailwright.runtime.smtpdata import DataRefusedError, read_data
-from mailwright.schema.addressing import AddressType
-from mailwright.schema.routing import fit
 
 # RFC 5321 §6.3: a message that passed through this many relays is looping.
 MAX_RECEIVED = 100

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailwright.schema.addressing import AddressType
-from mailwright.schema.routing import Route, select
+from mailwright.runtime.routing import AddressType, Route, select
 
 
 class Disposition(enum.Enum):
