@@ -27,26 +27,6 @@ class GalEntry:
     # The row as JSON data, made once: gal.json and host configs both carry it.
     record: dict[str, Any] = field(repr=False)
 
-    @property
-    def alias(self) -> str:
-        return self.row.alias
-
-    @property
-    def display_name(self) -> str:
-        return self.row.display_name
-
-    @property
-    def site(self) -> str:
-        return self.row.site
-
-    @property
-    def home_server(self) -> str:
-        return self.row.home_server
-
-    @property
-    def pop3(self) -> contract.Pop3Settings:
-        return self.row.pop3
-
     def primary(self, kind: AddressType) -> str:
         return next(p.address for p in self.proxies if p.primary and p.type is kind)
 
@@ -105,7 +85,7 @@ class Gal:
         """Entries grouped by home server."""
         groups: dict[str, list[GalEntry]] = {}
         for entry in self.entries:
-            groups.setdefault(entry.home_server, []).append(entry)
+            groups.setdefault(entry.row.home_server, []).append(entry)
         return groups
 
 
@@ -131,5 +111,5 @@ def build_gal(loaded: LoadedSpec) -> Gal:
             pop3 = pop3_row(effective_pop3(site, server, overrides))
         row = _row(mailbox, proxies, (site.name, server.name), pop3)
         entries.append(GalEntry(row, proxies, mailbox, row.as_json()))
-    entries.sort(key=lambda e: e.alias.casefold())
+    entries.sort(key=lambda e: e.row.alias.casefold())
     return Gal(loaded.name, tuple(entries))

@@ -50,6 +50,14 @@ class ContractError(Exception):
     """A compiled artifact this host cannot read; the message is one line naming the file."""
 
 
+class _FormatError(Exception):
+    """A host config of another format_version (made a ContractError by `_read`)."""
+
+    def __init__(self, version: object) -> None:
+        super().__init__(version)
+        self.version = version
+
+
 def services(roles: Iterable[str]) -> dict[str, int]:
     """The services a server of these roles runs, on their well-known ports."""
     named: list[Service] = ["transfer", *(ROLE_SERVICES[r] for r in roles)]
@@ -321,12 +329,6 @@ class HostConfig:
         }
 
 
-class _FormatError(Exception):
-    def __init__(self, version: object) -> None:
-        super().__init__(version)
-        self.version = version
-
-
 @dataclass(frozen=True, slots=True)
 class RuntimeAction:
     """What applying a plan does to one host's process (runtime/hostchange.py decides)."""
@@ -339,48 +341,32 @@ class RuntimeAction:
 T = TypeVar("T")
 
 
-def parse(source: str, kind: str, data: bytes | str, build: Callable[[Any], T]) -> T:
-    """`build` over the JSON `data` of `source`; one ContractError for whatever breaks."""
+def _read(path: Path, kind: str, build: Callable[[Any], T]) -> T:
+    """`build` over the JSON of `path`; one ContractError for whatever breaks the contract."""
     try:
-        return build(orjson.loads(data))
+        return build(orjson.loads(path.read_bytes()))
     except _FormatError as exc:
         raise ContractError(
-            f"{source} has {kind} format {exc.version}; this mailwright reads format "
-            f"{FORMAT_VERSION}"
+            f"{path} has {kind} format {exc.version}; this mailwright reads format {FORMAT_VERSION}"
         ) from None
     except KeyError as exc:
-        raise ContractError(f"{source} is not a {kind}: it has no field {exc}") from None
+        raise ContractError(f"{path} is not a {kind}: it has no field {exc}") from None
     except (TypeError, ValueError, AttributeError) as exc:
-        raise ContractError(f"{source} is not a {kind}: {exc}") from None
+        raise ContractError(f"{path} is not a {kind}: {exc}") from None
 
 
 def read_host_config(path: Path) -> HostConfig:
-    return parse(str(path), "host config", path.read_bytes(), HostConfig.from_json)
+    return _read(path, "host config", HostConfig.from_json)
 
 
 def read_servers(path: Path) -> dict[str, Peer]:
     """servers.json: every server of the organization, by name."""
-    return parse(
-        str(path),
-        "servers file",
-        path.read_bytes(),
-        lambda data: {name: Peer.from_json(peer) for name, peer in data.items()},
-    )
+    return _read(path, "servers file", lambda data: {n: Peer.from_json(p) for n, p in data.items()})
 
 
 def read_gal(path: Path) -> tuple[Recipient, ...]:
-    return parse(
-        str(path),
-        "GAL",
-        path.read_bytes(),
-        lambda data: tuple(Recipient.from_json(r) for r in data["recipients"]),
-    )
+    return _read(path, "GAL", lambda data: tuple(map(Recipient.from_json, data["recipients"])))
 
 
 def read_gwart(path: Path) -> tuple[Route, ...]:
-    return parse(
-        str(path),
-        "GWART",
-        path.read_bytes(),
-        lambda data: tuple(Route.from_json(r) for r in data["routes"]),
-    )
+    return _read(path, "GWART", lambda data: tuple(map(Route.from_json, data["routes"])))

@@ -1,4 +1,6 @@
-"""The seam between the CLI and the runtime: the one module the compiler package imports.
+"""The seam between the CLI and the runtime. The compiler package imports only this module
+and the standard-library ones both sides share: the host contract (runtime/contract.py) and
+the routing vocabulary (runtime/routing.py).
 
 `apply` hands over the runtime actions its plan implies (host started, restarted, reloaded,
 stopped) with the folder of the newly applied artifacts; this seam records them, one JSON line
