@@ -29,7 +29,6 @@ from mailwright.compiler.state import (
     write_tree_durably,
 )
 from mailwright.runtime.launcher import (
-    HostAction,
     LaunchError,
     Progress,
     launch,
@@ -205,9 +204,14 @@ def apply(
     new.fingerprints = fingerprints(target, prepared.files)
     _retain_removed_stores(prepared.plan, state_dir, new.serial)
     state_dir.write(new)
-    actions = [HostAction(a.host, a.action, a.reason) for a in prepared.plan.runtime_actions]
     try:
-        launch(state_dir.path, target, new.serial, actions, _counted(progress, "Starting hosts"))
+        launch(
+            state_dir.path,
+            target,
+            new.serial,
+            prepared.plan.runtime_actions,
+            _counted(progress, "Starting hosts"),
+        )
     except LaunchError as exc:
         _roll_back(state_dir, state, target)
         raise ApplyError(f"{exc}; rolled back to state serial {state.serial}") from None

@@ -65,7 +65,7 @@ def compile_organization(
     out.files["gal.json"] = gal.as_text()
     out.files["gwart.json"] = to_json(gwart.as_json())
     out.files["gwart.txt"] = gwart.as_text()
-    out.files["servers.json"] = to_json(peers(loaded))
+    out.files["servers.json"] = to_json({name: p.as_json() for name, p in peers(loaded).items()})
     for zone in render_zones(loaded, previous, today):
         out.files[f"zones/{zone.origin}.zone"] = zone.text
         out.zones[zone.origin] = {"content_hash": zone.content_hash, "serial": zone.serial}
@@ -81,7 +81,7 @@ def compile_organization(
     for site in loaded.spec.sites:
         for server in site.servers:
             config = host_config(context, site, server)
-            out.files[f"hosts/{server.name}.json"] = to_json(config)
+            out.files[f"hosts/{server.name}.json"] = to_json(config.as_json())
     out.files["manifest.json"] = to_json(_manifest(loaded, out))
     return out
 

@@ -10,8 +10,10 @@ from typing import Any
 import orjson
 
 from mailwright.compiler.inheritance import effective_pop3, server_pop3
+from mailwright.runtime import contract
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import LoadedSpec
-from mailwright.schema.addressing import AddressType, ProxyAddress
+from mailwright.schema.addressing import ProxyAddress
 from mailwright.schema.models import Mailbox, Pop3Settings
 
 RECIPIENT_INDENT = "    "
@@ -19,14 +21,10 @@ RECIPIENT_INDENT = "    "
 
 @dataclass(slots=True)
 class GalEntry:
-    alias: str
-    display_name: str
-    site: str
-    home_server: str
+    row: contract.Recipient  # as gal.json and the host configs carry it (the host contract)
     proxies: tuple[ProxyAddress, ...]
-    pop3: Pop3Settings
     mailbox: Mailbox
-    # The entry as JSON data, made once: gal.json and host configs both carry it.
+    # The row as JSON data, made once: gal.json and host configs both carry it.
     record: dict[str, Any] = field(repr=False)
 
     def primary(self, kind: AddressType) -> str:
@@ -37,10 +35,25 @@ class GalEntry:
 _TYPE_NAMES = {t: t.value for t in AddressType}
 
 
-def _add_proxies(record: dict[str, Any], proxies: tuple[ProxyAddress, ...]) -> None:
+def _row(
+    mailbox: Mailbox,
+    proxies: tuple[ProxyAddress, ...],
+    home: tuple[str, str],
+    pop3: contract.Pop3Settings,
+) -> contract.Recipient:
     """Primaries by type, secondaries as `type:address`."""
-    record["primary"] = {_TYPE_NAMES[kind]: a for kind, a, primary in proxies if primary}
-    record["secondary"] = [str(p) for p in proxies if not p.primary]
+    return contract.Recipient(
+        mailbox.alias,
+        mailbox.display,
+        *home,
+        {_TYPE_NAMES[kind]: a for kind, a, primary in proxies if primary},
+        tuple(str(p) for p in proxies if not p.primary),
+        pop3,
+        mailbox.size_limit,
+        # The plan pairs them with the aliases that left the GAL (a rename), and the store
+        # host renames their folders.
+        mailbox.previous_aliases,
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +85,7 @@ class Gal:
         """Entries grouped by home server."""
         groups: dict[str, list[GalEntry]] = {}
         for entry in self.entries:
-            groups.setdefault(entry.home_server, []).append(entry)
+            groups.setdefault(entry.row.home_server, []).append(entry)
         return groups
 
 
@@ -80,37 +93,23 @@ def recipient_line(record: dict[str, Any]) -> str:
     return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
 
 
+def pop3_row(settings: Pop3Settings) -> contract.Pop3Settings:
+    """The spec's POP3 settings as the host contract carries them."""
+    return contract.Pop3Settings.from_json(settings.model_dump(mode="json"))
+
+
 def build_gal(loaded: LoadedSpec) -> Gal:
-    # Per home server, once: its site, and the POP3 settings its mailboxes inherit (as JSON
-    # data too, shared by all of them).
+    # Per home server, once: its site, and the POP3 settings its mailboxes inherit.
     homes = {}
     for site in loaded.spec.sites:
         for server in site.servers:
-            settings = server_pop3(site, server)
-            protocols = {"pop3": settings.model_dump(mode="json")}
-            homes[server.name.casefold()] = (site, server, settings, protocols)
+            homes[server.name.casefold()] = (site, server, pop3_row(server_pop3(site, server)))
     entries = []
     for mailbox, proxies in zip(loaded.mailboxes, loaded.proxies, strict=True):
-        site, server, pop3, protocols = homes[mailbox.home_server.casefold()]
+        site, server, pop3 = homes[mailbox.home_server.casefold()]
         if (overrides := mailbox.protocols.pop3).model_fields_set:
-            pop3 = effective_pop3(site, server, overrides)
-            protocols = {"pop3": pop3.model_dump(mode="json")}
-        alias, display = mailbox.alias, mailbox.display
-        record: dict[str, Any] = {
-            "alias": alias,
-            "display_name": display,
-            "site": site.name,
-            "home_server": server.name,
-            "protocols": protocols,
-            "size_limit": mailbox.size_limit,
-        }
-        if mailbox.previous_aliases:
-            # The plan pairs them with the aliases that left the GAL (a rename), and the store
-            # host renames their folders.
-            record["previous_aliases"] = list(mailbox.previous_aliases)
-        _add_proxies(record, proxies)
-        entries.append(
-            GalEntry(alias, display, site.name, server.name, proxies, pop3, mailbox, record)
-        )
-    entries.sort(key=lambda e: e.alias.casefold())
+            pop3 = pop3_row(effective_pop3(site, server, overrides))
+        row = _row(mailbox, proxies, (site.name, server.name), pop3)
+        entries.append(GalEntry(row, proxies, mailbox, row.as_json()))
+    entries.sort(key=lambda e: e.row.alias.casefold())
     return Gal(loaded.name, tuple(entries))

@@ -14,8 +14,9 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from mailwright.runtime.routing import Scope
 from mailwright.schema import LoadedSpec, Server, Site
-from mailwright.schema.models import AddressSpace, ImsConnector, Role, Scope
+from mailwright.schema.models import AddressSpace, ImsConnector, Role
 
 INTERNET = "internet"
 INDENT = "  "

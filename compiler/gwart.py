@@ -2,7 +2,7 @@
 
 Rows: one per (address type, address space, connector/gateway server, cost, scope); the
 organization's own domains and site addresses are local routes. Selection follows Exchange's
-rules and lives in `mailwright.schema.routing`, which the runtime's MTA uses as well.
+rules and lives in `mailwright.runtime.routing`, which the runtime's MTA uses as well.
 """
 
 from __future__ import annotations
@@ -11,11 +11,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from mailwright.runtime.routing import (
+    AddressType,
+    Candidate,
+    Fit,
+    FitKind,
+    Route,
+    Scope,
+    Selection,
+    fit,
+    format_x400,
+    select,
+)
 from mailwright.schema import LoadedSpec
-from mailwright.schema.addressing import AddressType, format_x400
-from mailwright.schema.models import ImsConnector, Role, Scope, TransferMode
+from mailwright.schema.models import ImsConnector, Role, TransferMode
 from mailwright.schema.recipients import site_msmail, site_x400
-from mailwright.schema.routing import Candidate, Fit, FitKind, Route, Selection, fit, select
 
 __all__ = ["Candidate", "Fit", "FitKind", "Gwart", "Route", "Selection", "build_gwart", "fit"]
 

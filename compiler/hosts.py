@@ -1,54 +1,37 @@
-"""Per-host runtime configs: everything one host's runtime needs, and nothing it does not."""
+"""Per-host runtime configs: everything one host's runtime needs, and nothing it does not,
+written through the runtime's host contract (runtime/contract.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
-from mailwright.compiler.gal import GalEntry
+from mailwright.compiler.gal import GalEntry, pop3_row
 from mailwright.compiler.inheritance import server_pop3
+from mailwright.runtime import contract
 from mailwright.schema import LoadedSpec
 from mailwright.schema.models import ImsConnector, Role, Server, Site
 
-HOST_FORMAT_VERSION = 1
-# The well-known ports of the spec's services; the internal MTA transfer port is ours.
-SMTP_PORT = 25
-POP3_PORT = 110
-DNS_PORT = 53
-TRANSFER_PORT = 7025
+
+def _peer(site: Site, server: Server) -> contract.Peer:
+    roles = tuple(sorted(r.value for r in server.roles))
+    return contract.Peer(
+        fqdn=server.fqdn,
+        ipv4=str(server.ipv4),
+        site=site.name,
+        location=server.location or "",
+        roles=roles,
+        services=contract.services(roles),
+    )
 
 
-def services(server: Server) -> dict[str, int]:
-    """Every server runs an MTA (transfer); the roles add the rest."""
-    ports = {"transfer": TRANSFER_PORT}
-    if Role.STORE in server.roles:
-        ports["pop3"] = POP3_PORT
-    if Role.IMS in server.roles:
-        ports["smtp"] = SMTP_PORT
-    if Role.DNS in server.roles:
-        ports["dns"] = DNS_PORT
-    return ports
-
-
-def _peer(site: Site, server: Server) -> dict[str, Any]:
-    return {
-        "fqdn": server.fqdn,
-        "ipv4": str(server.ipv4),
-        "site": site.name,
-        "location": server.location or "",
-        "roles": sorted(r.value for r in server.roles),
-        "services": services(server),
-    }
-
-
-def _ims(server: Server) -> dict[str, Any] | None:
+def _ims(server: Server) -> contract.ImsSettings | None:
     if Role.IMS not in server.roles:
         return None
     ims = server.ims or ImsConnector()
-    return ims.model_dump(mode="json", exclude={"address_spaces"})
+    return contract.ImsSettings.from_json(ims.model_dump(mode="json", exclude={"address_spaces"}))
 
 
-def peers(loaded: LoadedSpec) -> dict[str, dict[str, Any]]:
+def peers(loaded: LoadedSpec) -> dict[str, contract.Peer]:
     """Every server of the organization as the others see it (the shared servers.json)."""
     return {s.name: _peer(site, s) for site in loaded.spec.sites for s in site.servers}
 
@@ -71,28 +54,28 @@ class HostContext:
         )
 
 
-def host_config(context: HostContext, site: Site, server: Server) -> dict[str, Any]:
+def host_config(context: HostContext, site: Site, server: Server) -> contract.HostConfig:
     homed = context.homed.get(server.name, []) if Role.STORE in server.roles else []
-    return {
-        "format_version": HOST_FORMAT_VERSION,
-        "organization": context.loaded.name,
-        "domains": list(context.loaded.spec.organization.domains),
-        "server": {"name": server.name, **_peer(site, server)},
-        "pop3": server_pop3(site, server).model_dump(mode="json"),
-        "mailboxes": [{**entry.record, "password_hash": entry.mailbox.password} for entry in homed],
-        "ims": _ims(server),
-        "tls": _tls(context.loaded, server),
-        "dns": {"resolvers": context.resolvers},
-        "shared": context.shared,
-    }
+    peer = _peer(site, server)
+    return contract.HostConfig(
+        organization=context.loaded.name,
+        domains=tuple(context.loaded.spec.organization.domains),
+        server=contract.HostServer(**peer.as_json(), name=server.name),
+        pop3=pop3_row(server_pop3(site, server)),
+        mailboxes=tuple(contract.Mailbox(e.row, e.mailbox.password) for e in homed),
+        ims=_ims(server),
+        tls=_tls(context.loaded, server),
+        resolvers=tuple(context.resolvers),
+        shared=tuple(context.shared),
+    )
 
 
-def _tls(loaded: LoadedSpec, server: Server) -> dict[str, str] | None:
+def _tls(loaded: LoadedSpec, server: Server) -> contract.TlsFiles | None:
     """Absolute paths: the runtime never sees the spec's folder."""
     if server.tls is None:
         return None
     base = loaded.path.parent.resolve()
-    return {
-        "certificate": str(base / server.tls.certificate),
-        "private_key": str(base / server.tls.private_key),
-    }
+    return contract.TlsFiles(
+        certificate=str(base / server.tls.certificate),
+        private_key=str(base / server.tls.private_key),
+    )

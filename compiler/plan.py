@@ -22,6 +22,7 @@ from dns.exception import DNSException
 
 from mailwright.compiler.gal import RECIPIENT_INDENT, recipient_line
 from mailwright.compiler.zonefile import read_compiled_zone
+from mailwright.runtime.contract import RuntimeAction
 from mailwright.runtime.launcher import runtime_action
 from mailwright.schema.loader import gc_paused
 
@@ -121,13 +122,6 @@ class ResourceChange:
             assert self.before is not None
             return [(k, v, None) for k, v in self.before.listed()]
         return [(k, None, v) for k, v in self.after.listed()]
-
-
-@dataclass(frozen=True)
-class RuntimeAction:
-    host: str  # "<org>/<server>"
-    action: str  # start, restart, reload, stop
-    reason: str
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ import dns.zone
 from mailwright.compiler.gal import GalEntry, build_gal
 from mailwright.compiler.gwart import Selection, build_gwart
 from mailwright.compiler.zones import render_zones
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import LoadedSpec
-from mailwright.schema.addressing import AddressType, check_address
+from mailwright.schema.addressing import check_address
 
 
 class RouteError(Exception):
@@ -70,9 +71,8 @@ def explain_route(
     result = RouteExplanation(kind, address, loaded.name, from_server)
     result.recipient = build_gal(loaded).lookup(kind, address)
     if result.recipient is not None:
-        result.path = [from_server] + (
-            [result.recipient.home_server] if result.recipient.home_server != from_server else []
-        )
+        home = result.recipient.row.home_server
+        result.path = [from_server] + ([home] if home != from_server else [])
         return result
     domain = address.rpartition("@")[2].lower()
     if kind is AddressType.SMTP and domain in loaded.spec.organization.domains:

@@ -14,7 +14,7 @@ def render_route(result: RouteExplanation) -> list[str]:
         f"from:      {result.from_server} (organization {result.organization})",
     ]
     if result.recipient is not None:
-        entry = result.recipient
+        entry = result.recipient.row
         lines += [
             f"GAL:       {entry.display_name} <{entry.alias}>, home server {entry.home_server} "
             f"(site {entry.site})",

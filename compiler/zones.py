@@ -23,6 +23,7 @@ import dns.rdtypes.ANY.NS
 import dns.rdtypes.IN.SRV
 import jinja2
 
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import (
     Diagnostic,
     LoadedSpec,
@@ -31,7 +32,6 @@ from mailwright.schema import (
     Severity,
     Zone,
 )
-from mailwright.schema.addressing import AddressType
 from mailwright.schema.models import ImsConnector, Role
 
 # RFC 7208 §3.3: a TXT character-string holds at most 255 octets; longer SPF is split.

@@ -21,6 +21,7 @@ import signal
 import ssl
 import sys
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,14 @@ from typing import Any
 import uvloop
 
 from mailwright.runtime import transfer
+from mailwright.runtime.contract import (
+    WELL_KNOWN_PORTS,
+    ContractError,
+    HostConfig,
+    ImsSettings,
+    Service,
+)
 from mailwright.runtime.ims import (
-    OUTBOUND_MODES,
     InboundHandler,
     Outbound,
     resolver_endpoint,
@@ -45,27 +52,27 @@ from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
 from mailwright.runtime.transfer import endpoints_in
 
-
-def store_for(config: dict[str, Any], state: Path) -> MailStore:
-    server = config["server"]["name"]
-    return MailStore(state / "hosts" / server / "store", size_limits(config))
+Ports = Mapping[Service, int]  # where each service listens
 
 
-def tls_context(config: dict[str, Any], state: Path) -> ssl.SSLContext:
+def store_for(config: HostConfig, state: Path) -> MailStore:
+    return MailStore(state / "hosts" / config.server.name / "store", size_limits(config))
+
+
+def tls_context(config: HostConfig, state: Path) -> ssl.SSLContext:
     """The certificate the spec names, or a self-signed one made at first start."""
-    tls = config.get("tls")
-    if tls:
-        certificate, key = Path(tls["certificate"]), Path(tls["private_key"])
+    if config.tls is not None:
+        certificate, key = Path(config.tls.certificate), Path(config.tls.private_key)
     else:
-        server = config["server"]
-        certificate, key = self_signed(state / "hosts" / server["name"], server["fqdn"])
+        server = config.server
+        certificate, key = self_signed(state / "hosts" / server.name, server.fqdn)
     return server_context(certificate, key)
 
 
 def pop3_server(
-    config: dict[str, Any], state: Path, store: MailStore, accounts: Pop3Accounts
+    config: HostConfig, state: Path, store: MailStore, accounts: Pop3Accounts
 ) -> Pop3Server:
-    idle_timeout = float(config["pop3"]["idle_timeout"])
+    idle_timeout = float(config.pop3.idle_timeout)
     return Pop3Server(accounts, store, tls_context(config, state), idle_timeout=idle_timeout)
 
 
@@ -79,7 +86,7 @@ def _write_report(folder: Path, name: str, document: dict[str, Any]) -> None:
 
 
 async def serve(
-    config_path: Path, state: Path, bind: str, ports: dict[str, int], serial: int | None = None
+    config_path: Path, state: Path, bind: str, ports: Ports, serial: int | None = None
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,7 +113,7 @@ class Host:
         self.state = state
         self.bind = bind
         self.snapshot = snapshot  # what it runs
-        self.folder = state / "hosts" / snapshot.config["server"]["name"]
+        self.folder = state / "hosts" / snapshot.config.server.name
         self.mta = mta
         self.listeners: dict[str, asyncio.Server] = {}
         self.pop3: Pop3Server | None = None
@@ -118,7 +125,7 @@ class Host:
         self.wanted = asyncio.Event()  # a reload, asked for by SIGHUP
         self.failed: dict[str, Any] | None = None  # the last reload, if it failed
 
-    async def listen(self, ports: dict[str, int]) -> dict[str, str]:
+    async def listen(self, ports: Ports) -> dict[str, str]:
         """Serve every role of the config; where each service listens."""
         config, state, mta = self.snapshot.config, self.state, self.mta
         self.listeners["transfer"] = await transfer.serve(
@@ -129,21 +136,21 @@ class Host:
             self.listeners["pop3"] = await self.pop3.start(self.bind, ports["pop3"])
         self.tasks.append(asyncio.get_running_loop().create_task(mta.run()))
         endpoints = {name: _address(listener) for name, listener in self.listeners.items()}
-        if "smtp" in config["server"]["services"]:
+        if config.server.serves("smtp"):
             address = (self.bind, ports["smtp"])
             self.inbound = await SmtpInbound.start(mta, self.snapshot, state, address)
             endpoints["smtp"] = self.inbound.address
-            self._follow_transfer_mode(config["ims"])
+            self._follow_transfer_mode(config.connector)
         if self.snapshot.authority is not None:
             self.nameserver = NameServer(self.snapshot.authority)
             host, port = await self.nameserver.start(self.bind, ports["dns"])
             endpoints["dns"] = f"{host}:{port}"
         return endpoints
 
-    def _follow_transfer_mode(self, settings: dict[str, Any]) -> None:
+    def _follow_transfer_mode(self, settings: ImsSettings) -> None:
         """The IMS sends to the internet if its connector's transfer mode says so, with the
         connector's settings (retries, per-domain formats) as last loaded."""
-        if settings["transfer_mode"] not in OUTBOUND_MODES:
+        if not settings.outbound:
             if self._sending is not None:
                 # What is in the outbox stays there; transactions under way end on their own.
                 self._sending.cancel()
@@ -186,9 +193,9 @@ class Host:
             return
         self.mta.reload(snapshot.config, snapshot.router, snapshot.tables)
         if self.pop3 is not None:
-            self.pop3.idle_timeout = float(snapshot.config["pop3"]["idle_timeout"])
+            self.pop3.idle_timeout = float(snapshot.config.pop3.idle_timeout)
         if self.inbound is not None:
-            self._follow_transfer_mode(snapshot.config["ims"])
+            self._follow_transfer_mode(snapshot.config.connector)
             await self.inbound.reload(snapshot)
         if self.nameserver is not None and snapshot.authority is not None:
             self.nameserver.authority = snapshot.authority
@@ -218,7 +225,7 @@ class Host:
 def _mta(snapshot: Snapshot, state: Path) -> Mta:
     """The host's MTA over its store, its queue recovered before anything is queued."""
     config = snapshot.config
-    store = store_for(config, state) if "pop3" in config["server"]["services"] else None
+    store = store_for(config, state) if config.server.serves("pop3") else None
     accounts = Pop3Accounts(snapshot.tables.accounts)
     mta = Mta(config, snapshot.router, state, store, accounts, endpoints_in(state))
     if recovered := mta.recover():
@@ -241,7 +248,7 @@ class SmtpInbound:
         context = tls_context(snapshot.config, state)  # made here first: workers only read it
         if count := worker_count():
             return cls(workers=ImsWorkers.start(mta, snapshot, state, address, count))
-        handler = InboundHandler(mta, snapshot.config["ims"], mta.accounts)
+        handler = InboundHandler(mta, snapshot.config.connector, mta.accounts)
         server = await asyncio.get_running_loop().create_server(
             lambda: smtp_server(handler, handler.settings, context), *address
         )
@@ -262,7 +269,7 @@ class SmtpInbound:
         if self.workers is not None:
             await self.workers.reload(snapshot.config_path, snapshot.serial)
         elif self.handler is not None:
-            self.handler.configure(snapshot.config["ims"])
+            self.handler.configure(snapshot.config.connector)
 
     async def stop(self) -> None:
         if self.workers is not None:
@@ -282,21 +289,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", type=Path, help="the host's compiled hosts/<server>.json")
     parser.add_argument("--state", type=Path, required=True, help="the state directory")
     parser.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
-    parser.add_argument("--pop3-port", type=int, default=110)
-    parser.add_argument("--transfer-port", type=int, default=7025)
-    parser.add_argument("--dns-port", type=int, default=53)
-    parser.add_argument("--smtp-port", type=int, default=25)
+    for service, port in WELL_KNOWN_PORTS.items():
+        parser.add_argument(f"--{service}-port", type=int, default=port)
     parser.add_argument("--serial", type=int, help="the state's serial CONFIG belongs to")
     args = parser.parse_args(argv)
-    ports = {
-        "pop3": args.pop3_port,
-        "transfer": args.transfer_port,
-        "dns": args.dns_port,
-        "smtp": args.smtp_port,
-    }
+    ports = {service: getattr(args, f"{service}_port") for service in WELL_KNOWN_PORTS}
     try:
         uvloop.run(serve(args.config, args.state, args.bind, ports, args.serial))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ContractError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from mailwright.runtime.contract import ActionName
+
 # What a host's process listens on, by the name a plan shows and its place in the config. Its
 # listening sockets and their TLS certificate are made once, at start; and a config of another
 # format is read by another version of the host.
@@ -96,7 +98,7 @@ def _at(members: Mapping[str, str], path: tuple[str, ...]) -> Any:
 
 def runtime_action(
     before: str | None, after: str | None, shared: Sequence[str] = ()
-) -> tuple[str, str] | None:
+) -> tuple[ActionName, str] | None:
     """(action, reason) for one host, from its config's text before and after (None: absent)
     and the shared artifacts of its organization that changed; None when nothing changes."""
     if before is None:

@@ -41,6 +41,7 @@ import dns.exception
 import dns.resolver
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
+from mailwright.runtime.contract import ImsSettings, read_servers
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.message import IMPORTANCE, Address, Attachment, InternalMessage, Recipient
 from mailwright.runtime.mta import Mta
@@ -48,9 +49,8 @@ from mailwright.runtime.ndr import REPORT_FLAG, Failure, is_report
 from mailwright.runtime.pop3 import Pop3Accounts
 from mailwright.runtime.queue import PendingRecipient, QueueEntry, sleep_until_due
 from mailwright.runtime.router import Disposition
+from mailwright.runtime.routing import AddressType, fit
 from mailwright.runtime.smtpdata import DataRefusedError, read_data
-from mailwright.schema.addressing import AddressType
-from mailwright.schema.routing import fit
 
 # RFC 5321 §6.3: a message that passed through this many relays is looping.
 MAX_RECEIVED = 100
@@ -83,11 +83,6 @@ _PARSE_ERRORS = (
 )
 
 
-# The connector's transfer modes that take mail from the internet, and those that send to it.
-INBOUND_MODES = ("inbound_and_outbound", "inbound_only")
-OUTBOUND_MODES = ("inbound_and_outbound", "outbound_only")
-
-
 # --- inbound -----------------------------------------------------------------------------------
 
 
@@ -99,21 +94,21 @@ class InboundHandler:
         # reading every attribute; the hook names are all it needs.
         return _HANDLER_NAMES
 
-    def __init__(self, mta: Mta, settings: dict[str, Any], accounts: Pop3Accounts) -> None:
+    def __init__(self, mta: Mta, settings: ImsSettings, accounts: Pop3Accounts) -> None:
         self.mta = mta
         self.accounts = accounts
         self.configure(settings)
 
-    def configure(self, settings: dict[str, Any]) -> None:
+    def configure(self, settings: ImsSettings) -> None:
         """The connector's settings (the host config's `ims`), at start and on a reload: for
         the sessions that start from now on (smtp_server reads `settings`) and for the next
         command of those under way."""
-        relay_networks = [ipaddress.ip_network(n) for n in settings["relay"]["networks"]]
+        relay_networks = [ipaddress.ip_network(n) for n in settings.relay.networks]
         self.settings = settings
         self.fqdn = self.mta.fqdn
         self.relay_networks = relay_networks
-        self.authenticated_relay = bool(settings["relay"]["authenticated"])
-        self.inbound = settings["transfer_mode"] in INBOUND_MODES
+        self.authenticated_relay = settings.relay.authenticated
+        self.inbound = settings.inbound
 
     @staticmethod  # aiosmtpd reads the hook's signature per connection: see below
     async def handle_EHLO(  # noqa: N802 - aiosmtpd's hook name
@@ -462,12 +457,10 @@ class ImsSmtp(SMTP):
 _SMTP_NAMES = [name for name in dir(ImsSmtp) if name.startswith(("smtp_", "auth_"))]
 
 
-def smtp_server(
-    handler: InboundHandler, settings: dict[str, Any], tls: ssl.SSLContext | None
-) -> SMTP:
+def smtp_server(handler: InboundHandler, settings: ImsSettings, tls: ssl.SSLContext | None) -> SMTP:
     return ImsSmtp(
         handler,
-        data_size_limit=int(settings["max_message_size"]),
+        data_size_limit=settings.max_message_size,
         hostname=handler.fqdn,
         ident="mailwright IMS",
         tls_context=tls,
@@ -506,7 +499,7 @@ class Outbound:
     def __init__(
         self,
         mta: Mta,
-        settings: dict[str, Any],
+        settings: ImsSettings,
         resolver: Callable[[], tuple[str, int] | None],
         smtp_endpoint: Callable[[str], tuple[str, int] | None],
         source: str = "127.0.0.1",
@@ -652,9 +645,9 @@ class Outbound:
     def _render(self, entry: QueueEntry) -> bytes:
         domain = entry.pending[0].address.address.rpartition("@")[2]
         uuencoded, charset = False, "utf-8"
-        for rule in self.settings["message_formats"]:
-            if _matches(rule["domain"], domain):
-                uuencoded, charset = rule["format"] == "uuencode", rule["charset"] or charset
+        for rule in self.settings.message_formats:
+            if _matches(rule.domain, domain):
+                uuencoded, charset = rule.format == "uuencode", rule.charset or charset
                 break
         when = email.utils.format_datetime(datetime.datetime.now(datetime.UTC))
         received = f"Received: by {self.mta.fqdn} (mailwright IMS);\r\n\t{when}\r\n".encode()
@@ -675,7 +668,7 @@ class Outbound:
         for recipient, via in outcome.delivered.items():
             self.mta.tracking.event("delivered", message_id, recipient=recipient.address, via=via)
         age = time.time() - entry.first_seen
-        if age >= self.settings["retry"]["give_up"]:
+        if age >= self.settings.retry.give_up:
             outcome.give_up(f"gave up after {int(age)}s")
         await self.mta.report(entry.message, outcome.failures)
         finished = {*outcome.delivered, *(f.recipient for f in outcome.failures)}
@@ -698,7 +691,7 @@ class Outbound:
         self, entry: QueueEntry, pending: PendingRecipient, error: str
     ) -> PendingRecipient:
         """The recipient's next try on the connector's retry schedule."""
-        intervals = self.settings["retry"]["intervals"]
+        intervals = self.settings.retry.intervals
         delay = intervals[min(pending.attempts, len(intervals) - 1)]
         self.mta.tracking.event(
             "deferred", entry.message.message_id, recipient=pending.address.address, reason=error
@@ -825,8 +818,8 @@ def smtp_endpoints(state: Path) -> Callable[[str], tuple[str, int] | None]:
 
     def lookup(address: str) -> tuple[str, int] | None:
         for servers_file in sorted(state.glob("artifacts/*/*/servers.json")):
-            for name, server in json.loads(servers_file.read_text()).items():
-                if server["ipv4"] == address:
+            for name, server in read_servers(servers_file).items():
+                if server.ipv4 == address:
                     try:
                         endpoints = json.loads(
                             (state / "hosts" / name / "endpoints.json").read_text()

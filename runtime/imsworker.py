@@ -190,7 +190,7 @@ async def serve(config_path: Path, state: Path, fd: int, serial: int | None) -> 
     snapshot = Snapshot.read(config_path, serial)
     accounts = Pop3Accounts(snapshot.tables.accounts)
     front = FrontEnd(snapshot.config, snapshot.router, state, None, accounts, endpoints_in(state))
-    handler = InboundHandler(front, snapshot.config["ims"], accounts)
+    handler = InboundHandler(front, snapshot.config.connector, accounts)
     steady_heap()
     context = tls_context(snapshot.config, state)
     loop = asyncio.get_running_loop()
@@ -235,7 +235,7 @@ async def _reload(
     except Exception as exc:  # a broken config may raise anything its readers raise
         return f"reload-failed {type(exc).__name__}: {exc}"
     front.reload(snapshot.config, snapshot.router, snapshot.tables)
-    handler.configure(snapshot.config["ims"])
+    handler.configure(snapshot.config.connector)
     steady_heap()
     return f"reloaded {_serial_text(serial)}"
 

@@ -1,4 +1,6 @@
-"""The seam between the CLI and the runtime: the one module the compiler package imports.
+"""The seam between the CLI and the runtime. The compiler package imports only this module
+and the standard-library ones both sides share: the host contract (runtime/contract.py) and
+the routing vocabulary (runtime/routing.py).
 
 `apply` hands over the runtime actions its plan implies (host started, restarted, reloaded,
 stopped) with the folder of the newly applied artifacts; this seam records them, one JSON line
@@ -24,13 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.contract import RuntimeAction, read_gal
 from mailwright.runtime.hostchange import runtime_action
 from mailwright.runtime.message import Address, Attachment, Recipient, encode, new_message
 from mailwright.runtime.tracking import track
 from mailwright.runtime.transfer import TransferError, endpoints_in, recipients_payload, send_frame
 
 __all__ = [
-    "HostAction",
     "LaunchError",
     "Submission",
     "SubmitError",
@@ -45,13 +47,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class HostAction:
-    host: str  # "<org>/<server>"
-    action: str  # start, restart, reload, stop
-    reason: str
-
-
 Progress = Callable[[int, int], None]  # (hosts answering, hosts in all)
 
 
@@ -59,7 +54,7 @@ def launch(
     state_dir: Path,
     artifacts: Path,
     serial: int,
-    actions: Sequence[HostAction],
+    actions: Sequence[RuntimeAction],
     progress: Progress | None = None,
 ) -> None:
     log = state_dir / "runtime" / "actions.jsonl"
@@ -263,18 +258,15 @@ def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str, str]:
         ) from None
     wanted = sender.casefold()
     for gal_file in sorted((state_dir / "artifacts" / str(serial)).glob("*/gal.json")):
-        for entry in json.loads(gal_file.read_text(encoding="utf-8"))["recipients"]:
-            addresses = [
-                *entry["primary"].values(),
-                *(s.partition(":")[2] for s in entry["secondary"]),
-            ]
-            if wanted in {a.casefold() for a in addresses} | {entry["alias"].casefold()}:
+        for row in read_gal(gal_file):
+            addresses = [*row.primary.values(), *(s.partition(":")[2] for s in row.secondary)]
+            if wanted in {a.casefold() for a in addresses} | {row.alias.casefold()}:
                 return (
                     gal_file.parent.name,
-                    entry["home_server"],
-                    entry["alias"],
-                    entry["display_name"],
-                    entry["primary"]["SMTP"],
+                    row.home_server,
+                    row.alias,
+                    row.display_name,
+                    row.primary["SMTP"],
                 )
     raise SubmitError(f"no mailbox has the address {sender}")
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.contract import HostConfig
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.mailboxmove import MailboxMover, take
 from mailwright.runtime.message import Address, InternalMessage, decode, encode
@@ -44,19 +45,16 @@ PARALLEL = 32  # queue entries processed at once
 Format = tuple[bool, str]  # how mail from inside the organization is rendered: uuencoded, charset
 
 
-def mailbox_formats(config: dict[str, Any]) -> dict[str, Format]:
+def mailbox_formats(config: HostConfig) -> dict[str, Format]:
     """Each mailbox's POP3 message format and character set, by alias."""
     return {
-        m["alias"]: (
-            m["protocols"]["pop3"]["message_format"] == "uuencode",
-            m["protocols"]["pop3"]["charset"],
-        )
-        for m in config["mailboxes"]
+        row.alias: (row.pop3.message_format == "uuencode", row.pop3.charset)
+        for row, _ in config.mailboxes
     }
 
 
-def size_limits(config: dict[str, Any]) -> dict[str, int | None]:
-    return {m["alias"]: m["size_limit"] for m in config["mailboxes"]}
+def size_limits(config: HostConfig) -> dict[str, int | None]:
+    return {row.alias: row.size_limit for row, _ in config.mailboxes}
 
 
 @dataclass(frozen=True)
@@ -69,23 +67,23 @@ class MailboxTables:
     size_limits: dict[str, int | None]
 
     @classmethod
-    def of(cls, config: dict[str, Any]) -> MailboxTables:
+    def of(cls, config: HostConfig) -> MailboxTables:
         return cls(accounts_from_host(config), mailbox_formats(config), size_limits(config))
 
 
 class Mta:
     def __init__(  # noqa: PLR0917 - the host process wires these once
         self,
-        config: dict[str, Any],
+        config: HostConfig,
         router: Router,
         state: Path,
         store: MailStore | None,
         accounts: Pop3Accounts,
         endpoints: Endpoint,
     ) -> None:
-        self.server = config["server"]["name"]
-        self.fqdn = config["server"]["fqdn"]
-        self.postmaster = f"postmaster@{config['domains'][0]}"
+        self.server = config.server.name
+        self.fqdn = config.server.fqdn
+        self.postmaster = config.postmaster
         self._router = router
         home = state / "hosts" / self.server
         self.queue = MessageQueue(home / "queue")
@@ -121,7 +119,7 @@ class Mta:
             self.mover.wake()
 
     def reload(
-        self, config: dict[str, Any], router: Router, tables: MailboxTables | None = None
+        self, config: HostConfig, router: Router, tables: MailboxTables | None = None
     ) -> None:
         """The host's reloaded config and the router over its serial's GAL and GWART, for
         whatever the MTA does next: the one place where a new host config reaches the MTA.
@@ -130,8 +128,8 @@ class Mta:
         made beforehand off the event loop."""
         tables = tables or MailboxTables.of(config)
         self.router = router
-        self.fqdn = config["server"]["fqdn"]
-        self.postmaster = f"postmaster@{config['domains'][0]}"
+        self.fqdn = config.server.fqdn
+        self.postmaster = config.postmaster
         self.formats = tables.formats
         self.accounts.replace(tables.accounts)
         if self.store is not None:

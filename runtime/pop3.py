@@ -16,11 +16,12 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib.metadata import version
-from typing import Any, cast
+from typing import cast
 
 import argon2
 import bcrypt
 
+from mailwright.runtime.contract import HostConfig
 from mailwright.runtime.store import MailStore, StoredMessage
 
 # RFC 2449 §4: a command line is at most 255 octets, CRLF included.
@@ -489,15 +490,15 @@ class Pop3Session(asyncio.Protocol):
         return f"+OK maildrop has {len(self.maildrop.messages)} messages"
 
 
-def accounts_from_host(config: dict[str, Any]) -> dict[str, Pop3Account]:
+def accounts_from_host(config: HostConfig) -> dict[str, Pop3Account]:
     """The POP3 accounts of a compiled host config (`hosts/<server>.json`)."""
     return {
-        m["alias"]: Pop3Account(
-            alias=m["alias"],
-            address=m["primary"]["SMTP"],
-            password_hash=m["password_hash"],
-            enabled=bool(m["protocols"]["pop3"]["enabled"]),
-            idle_timeout=float(m["protocols"]["pop3"]["idle_timeout"]),
+        row.alias: Pop3Account(
+            alias=row.alias,
+            address=row.primary["SMTP"],
+            password_hash=password_hash,
+            enabled=row.pop3.enabled,
+            idle_timeout=float(row.pop3.idle_timeout),
         )
-        for m in config["mailboxes"]
+        for row, password_hash in config.mailboxes
     }

@@ -10,14 +10,12 @@ server's MTA, which hands it to its IMS. No route: a non-delivery report.
 from __future__ import annotations
 
 import enum
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from mailwright.schema.addressing import AddressType
-from mailwright.schema.routing import Route, select
+from mailwright.runtime.contract import HostConfig, Recipient, read_gal, read_gwart
+from mailwright.runtime.routing import AddressType, Route, select
 
 
 class Disposition(enum.Enum):
@@ -36,40 +34,34 @@ class Decision:
     reason: str = ""
 
 
-# The organization's artifacts every host routes with (hosts/*.json name them under "shared").
-_SHARED = ("gal.json", "gwart.json")
-
-
 class Router:
     """A host's routing over its organization's shared artifacts: the GAL and the GWART."""
 
-    def __init__(
-        self, host: Mapping[str, Any], gal: Mapping[str, Any], gwart: Mapping[str, Any]
-    ) -> None:
-        server = host["server"]
-        self.server = server["name"]
-        self.site = server["site"]
-        self.location = server["location"]
-        self.domains = {d.casefold() for d in host["domains"]}
+    def __init__(self, host: HostConfig, gal: Iterable[Recipient], gwart: Iterable[Route]) -> None:
+        server = host.server
+        self.server = server.name
+        self.site = server.site
+        self.location = server.location
+        self.domains = {d.casefold() for d in host.domains}
         # Every server holds the whole GWART, as in Exchange; the scope of a route (its site
         # or location) decides whether this server may use it.
-        routes = (Route.from_json(r) for r in gwart["routes"])
-        self.routes = tuple(r for r in routes if r.visible_from(self.site, self.location))
-        self.recipients = dict(_index(gal["recipients"]))
+        self.routes = tuple(r for r in gwart if r.visible_from(self.site, self.location))
+        recipients = tuple(gal)
+        self.recipients = dict(_index(recipients))
         # alias, and every previous alias, -> (alias, home server): whose mail a store folder
         # holds, and where it belongs (Move Mailbox).
         self.owners = {
-            name.casefold(): (entry["alias"], entry["home_server"])
-            for entry in gal["recipients"]
-            for name in (entry["alias"], *entry.get("previous_aliases", ()))
+            name.casefold(): (row.alias, row.home_server)
+            for row in recipients
+            for name in (row.alias, *row.previous_aliases)
         }
 
     @classmethod
-    def load(cls, host: Mapping[str, Any], organization: Path) -> Router:
+    def load(cls, host: HostConfig, organization: Path) -> Router:
         """From the organization's compiled folder (gal.json, gwart.json)."""
-        shared = [json.loads((organization / f).read_text(encoding="utf-8")) for f in _SHARED]
-        gal, gwart = shared
-        return cls(host, gal, gwart)
+        return cls(
+            host, read_gal(organization / "gal.json"), read_gwart(organization / "gwart.json")
+        )
 
     def owner(self, alias: str) -> tuple[str, str] | None:
         """(alias, home server) of the mailbox that is or was called `alias`."""
@@ -112,12 +104,12 @@ def _row(route: Route) -> str:
 
 
 def _index(
-    recipients: Iterable[Mapping[str, Any]],
+    recipients: Iterable[Recipient],
 ) -> Iterable[tuple[tuple[AddressType, str], tuple[str, str]]]:
-    for entry in recipients:
-        home = (entry["alias"], entry["home_server"])
-        for kind, address in entry["primary"].items():
+    for row in recipients:
+        home = (row.alias, row.home_server)
+        for kind, address in row.primary.items():
             yield (AddressType(kind), address.casefold()), home
-        for text in entry["secondary"]:
+        for text in row.secondary:
             kind, _, address = text.partition(":")
             yield (AddressType(kind.upper()), address.casefold()), home

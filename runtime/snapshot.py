@@ -12,8 +12,8 @@ import gc
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from mailwright.runtime.contract import HostConfig, read_host_config
 from mailwright.runtime.mta import MailboxTables
 from mailwright.runtime.nameserver import Authority, load_zones
 from mailwright.runtime.router import Router
@@ -32,17 +32,17 @@ class SnapshotError(Exception):
 class Snapshot:
     serial: int | None  # None: a config a host was started on by hand, outside any serial
     config_path: Path
-    config: dict[str, Any]
+    config: HostConfig
     router: Router
     tables: MailboxTables
     authority: Authority | None  # for a host with the dns role
 
     @classmethod
     def read(cls, config_path: Path, serial: int | None) -> Snapshot:
-        config: dict[str, Any] = json.loads(config_path.read_text(encoding="utf-8"))
+        config = read_host_config(config_path)
         organization = config_path.parent.parent
         authority = None
-        if "dns" in config["server"]["services"]:
+        if config.server.serves("dns"):
             # The local runtime's one resolver answers for every organization applied together.
             zones = sorted(organization.parent.glob("*/zones/*.zone"))
             authority = Authority(load_zones(zones))

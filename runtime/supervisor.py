@@ -9,7 +9,7 @@ reload the serial (its mailboxes, settings, GAL, GWART, zones) with its sessions
 stops removed hosts. Each host reports the serial it runs (`loaded.json` beside its
 `endpoints.json`), and status.json shows it. A host that
 dies is restarted with a growing delay. Each host listens on its own loopback address (kept in
-state.json); as root on the spec's ports, otherwise on the fixed unprivileged mapping below.
+state.json); as root on the spec's ports, otherwise on the contract's fixed unprivileged ones.
 `<state>/runtime/status.json` says what runs; SIGTERM stops every host, then the supervisor.
 """
 
@@ -24,21 +24,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.contract import UNPRIVILEGED_PORTS, WELL_KNOWN_PORTS, Service
 from mailwright.runtime.hostchange import host_change
 
-# Without root the well-known ports are out of reach: SMTP 25 -> 2525, POP3 110 -> 1110,
-# DNS 53 -> 5353; the MTA transfer port 7025 needs no mapping.
-UNPRIVILEGED = {"smtp": 2525, "pop3": 1110, "dns": 5353, "transfer": 7025}
-PRIVILEGED = {"smtp": 25, "pop3": 110, "dns": 53, "transfer": 7025}
 MAX_BACKOFF = 30.0
 
 
-def ports() -> dict[str, int]:
-    return PRIVILEGED if os.geteuid() == 0 else UNPRIVILEGED
+def ports() -> Mapping[Service, int]:
+    return WELL_KNOWN_PORTS if os.geteuid() == 0 else UNPRIVILEGED_PORTS
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """The organization spec: pydantic models, a positioned YAML/CSV loader and semantic checks.
 
-This package imports nothing else of mailwright's; the compiler and the CLI build on it.
+Of mailwright it imports only the runtime's standard-library routing vocabulary
+(`mailwright.runtime.routing`: address types, route scopes, the X.400 text form), which host
+processes share without loading pydantic; the compiler and the CLI build on this package.
 """
 
 from mailwright.schema.diagnostics import Diagnostic, Position, Severity, SpecError

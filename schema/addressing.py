@@ -8,19 +8,15 @@ secondary one (`SMTP:jane@dcnw.com`, `smtp:j.doe@dcnw.com`).
 
 from __future__ import annotations
 
-import enum
 import functools
 import re
 import unicodedata
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
-
-class AddressType(enum.StrEnum):
-    SMTP = "SMTP"
-    X400 = "X400"
-    MS = "MS"
-
+# The address types and the X.400 text form are the runtime's too (its router reads them from
+# the compiled artifacts), so they live in its standard-library-only routing module.
+from mailwright.runtime.routing import AddressType, parse_x400
 
 # RFC 5322 §3.2.3 atext: the characters a dot-atom local part may hold besides ".".
 _ATEXT = frozenset(
@@ -34,7 +30,6 @@ MAX_LOCAL_PART = 64
 _X400_PRINTABLE = frozenset(
     "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 '()+,-./:?"
 )
-X400_KEYS = ("c", "a", "p", "o", "ou1", "ou2", "ou3", "ou4", "cn", "s", "g", "i", "q")
 # Upper bounds from X.411 for the attributes Exchange generates.
 X400_LIMITS = {"c": 3, "a": 16, "p": 16, "o": 64, "s": 40, "g": 16, "i": 5, "q": 3, "cn": 64}
 MS_PART_MAX = 10
@@ -47,24 +42,6 @@ def is_domain(text: str) -> bool:
 
 def is_local_part(text: str) -> bool:
     return len(text) <= MAX_LOCAL_PART and bool(_DOT_ATOM.match(text))
-
-
-def parse_x400(text: str) -> dict[str, str]:
-    """`c=US;a= ;p=DCNW;o=HQ;s=Doe;g=Jane;` as attributes; raises ValueError when malformed."""
-    attributes: dict[str, str] = {}
-    for part in text.rstrip(";").split(";"):
-        key, sep, value = part.partition("=")
-        key = key.strip().lower()
-        if not sep or key not in X400_KEYS:
-            raise ValueError(f"'{part}' is not an X.400 attribute (one of {', '.join(X400_KEYS)})")
-        if key in attributes:
-            raise ValueError(f"X.400 attribute '{key}' is given twice")
-        attributes[key] = value
-    return attributes
-
-
-def format_x400(attributes: dict[str, str]) -> str:
-    return "".join(f"{k}={attributes[k]};" for k in X400_KEYS if k in attributes)
 
 
 def check_address(kind: AddressType, text: str) -> str | None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import re
 
-from mailwright.schema.addressing import MS_PART_MAX, AddressType, parse_x400
+from mailwright.runtime.routing import AddressType, parse_x400
+from mailwright.schema.addressing import MS_PART_MAX
 
 _SMTP_DOMAIN_PATTERN = re.compile(r"^(\*|[A-Za-z0-9*%-]+(\.[A-Za-z0-9*%-]+)*)$")
 _SMTP_LOCAL_PATTERN = re.compile(r"^[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~.]+$")

@@ -23,8 +23,8 @@ from pydantic import (
     field_validator,
 )
 
+from mailwright.runtime.routing import AddressType, Scope
 from mailwright.schema.addressing import (
-    AddressType,
     ProxyAddress,
     check_address,
     check_template,
@@ -152,12 +152,6 @@ class Role(enum.StrEnum):
     STORE = "store"
     IMS = "ims"
     DNS = "dns"
-
-
-class Scope(enum.StrEnum):
-    ORGANIZATION = "organization"
-    SITE = "site"
-    LOCATION = "location"
 
 
 class TransferMode(enum.StrEnum):

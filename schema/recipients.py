@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from mailwright.runtime.routing import AddressType, format_x400
 from mailwright.schema.addressing import (
     X400_LIMITS,
-    AddressType,
     ProxyAddress,
     expand_template,
-    format_x400,
     sanitize_local_part,
     sanitize_ms,
     sanitize_x400,

@@ -13,13 +13,13 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from mailwright.runtime.routing import Scope
 from mailwright.schema.addressing import ProxyAddress, is_domain
 from mailwright.schema.diagnostics import Problem, Severity, SpecPath
 from mailwright.schema.models import (
     Mailbox,
     OrganizationSpec,
     Role,
-    Scope,
     Server,
     Site,
     Zone,

@@ -178,7 +178,7 @@ def test_every_gal_proxy_resolves_back_to_its_recipient() -> None:
 
 
 def test_pop3_inheritance_in_the_gal(tmp_path: Path) -> None:
-    gal = {e.alias: e for e in build_gal(load_specs(SEED)[1])}
+    gal = {e.row.alias: e.row for e in build_gal(load_specs(SEED)[1])}
     assert gal["mark"].pop3.enabled is True
     assert gal["paula"].pop3.enabled is False
     spec = yaml.safe_load(SEED[1].read_text())
@@ -188,7 +188,7 @@ def test_pop3_inheritance_in_the_gal(tmp_path: Path) -> None:
     path = tmp_path / "minasi.yaml"
     path.write_text(yaml.safe_dump(spec))
     # Exchange: a server with POP3 disabled disables it for all its mailboxes.
-    assert all(not e.pop3.enabled for e in build_gal(load_specs([path])[0]))
+    assert all(not e.row.pop3.enabled for e in build_gal(load_specs([path])[0]))
 
 
 def test_compile_refuses_an_invalid_spec(tmp_path: Path) -> None:

@@ -8,9 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mailwright.compiler.gwart import FitKind, Gwart, Route, build_gwart, fit
+from mailwright.runtime.routing import AddressType, Scope
 from mailwright.schema import load_specs
-from mailwright.schema.addressing import AddressType
-from mailwright.schema.models import Scope
 
 SMTP, X400, MS = AddressType.SMTP, AddressType.X400, AddressType.MS
 

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import argon2
 import pytest
 
+from mailwright.runtime.contract import HostConfig
 from mailwright.runtime.pop3 import (
     Pop3Account,
     Pop3Accounts,
@@ -76,7 +77,7 @@ def arlington(arlington_path: Path) -> dict[str, Any]:
 @pytest.fixture(scope="session")
 def seed_accounts(arlington: dict[str, Any]) -> dict[str, Pop3Account]:
     """Arlington's accounts as compiled, with the seed's own argon2id hashes."""
-    return accounts_from_host(arlington)
+    return accounts_from_host(HostConfig.from_json(arlington))
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,7 @@ from hypothesis import strategies as st
 
 from mailwright.compiler.build import compile_specs
 from mailwright.runtime import ims as ims_module
+from mailwright.runtime.contract import HostConfig, read_host_config
 from mailwright.runtime.convert import to_rfc5322
 from mailwright.runtime.ims import (
     MAX_RECEIVED,
@@ -183,14 +184,16 @@ def start_ims(  # noqa: PLR0917 - fixtures
                 settings["relay"][key] = value
             else:
                 settings[key] = value
-        config = {**arlington, "ims": settings}
+        config = HostConfig.from_json({**arlington, "ims": settings})
         store = MailStore(state / "hosts" / "arlington" / "store")
         accounts = Pop3Accounts(fast_accounts)
         router = Router.load(config, seed_artifacts / "Minasi")
         mta = Mta(config, router, state, store, accounts, endpoints_in(state))
-        handler = InboundHandler(mta, settings, accounts)
+        handler = InboundHandler(mta, config.connector, accounts)
         port = listen(
-            server_loop, smtp_listeners, lambda: smtp_server(handler, settings, server_tls)
+            server_loop,
+            smtp_listeners,
+            lambda: smtp_server(handler, config.connector, server_tls),
         )
         return Ims(port, mta, store, settings, server_loop)
 
@@ -811,13 +814,13 @@ class Gateway:
 def gateway(
     server_loop: asyncio.AbstractEventLoop, sender_artifacts: Path, dns_port: int, tmp_path: Path
 ) -> Iterator[Gateway]:
-    config = json.loads((sender_artifacts / "hosts" / "gw.json").read_text(encoding="utf-8"))
+    config = read_host_config(sender_artifacts / "hosts" / "gw.json")
     state = tmp_path / "state"
     store = MailStore(state / "hosts" / "gw" / "store")
     router = Router.load(config, sender_artifacts)
     mta = Mta(config, router, state, store, Pop3Accounts({}), endpoints_in(state))
     exchangers: dict[str, tuple[str, int]] = {}
-    outbound = Outbound(mta, config["ims"], lambda: (HOST, dns_port), exchangers.get)
+    outbound = Outbound(mta, config.connector, lambda: (HOST, dns_port), exchangers.get)
 
     async def start() -> list[asyncio.Task[None]]:
         return [asyncio.create_task(mta.run()), asyncio.create_task(outbound.run())]

@@ -23,6 +23,7 @@ import pytest
 
 from mailwright.compiler.build import to_json
 from mailwright.compiler.plan import runtime_actions
+from mailwright.runtime.contract import HostConfig
 from mailwright.runtime.launcher import LaunchError, runtime_action, wait_until_running
 from mailwright.runtime.mta import Mta
 from mailwright.runtime.pop3 import Pop3Accounts, accounts_from_host
@@ -139,9 +140,10 @@ def test_mta_reload_swaps_the_per_mailbox_tables(
     arlington: dict[str, Any], seed_artifacts: Path, tmp_path: Path
 ) -> None:
     store = MailStore(tmp_path / "store", {"mark": None, "paula": None})
-    accounts = Pop3Accounts(accounts_from_host(arlington))
-    router = Router.load(arlington, seed_artifacts / "Minasi")
-    mta = Mta(arlington, router, tmp_path, store, accounts, endpoints_in(tmp_path))
+    host = HostConfig.from_json(arlington)
+    accounts = Pop3Accounts(accounts_from_host(host))
+    router = Router.load(host, seed_artifacts / "Minasi")
+    mta = Mta(host, router, tmp_path, store, accounts, endpoints_in(tmp_path))
     paula = store.mailbox("paula")
     kept = store.mailbox("mark")
 
@@ -150,8 +152,9 @@ def test_mta_reload_swaps_the_per_mailbox_tables(
     mark.update(size_limit=4096, password_hash="$2b$04$" + "y" * 53)
     mark["protocols"]["pop3"].update(message_format="uuencode", charset="iso-8859-1")
     config["mailboxes"] = [mark]  # paula leaves the host
-    reloaded = Router.load(config, seed_artifacts / "Minasi")
-    mta.reload(config, reloaded)
+    reloaded_host = HostConfig.from_json(config)
+    reloaded = Router.load(reloaded_host, seed_artifacts / "Minasi")
+    mta.reload(reloaded_host, reloaded)
 
     assert mta.router is reloaded
     assert mta.formats == {"mark": (True, "iso-8859-1")}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from mailwright.compiler.build import compile_specs
+from mailwright.runtime.contract import read_host_config
 from mailwright.runtime.router import Decision, Disposition, Router
 from mailwright.schema import load_specs
 
@@ -24,7 +24,7 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def router(tree: Path, organization: str, server: str) -> Router:
-    host = json.loads((tree / organization / "hosts" / f"{server}.json").read_text())
+    host = read_host_config(tree / organization / "hosts" / f"{server}.json")
     return Router.load(host, tree / organization)
 
 

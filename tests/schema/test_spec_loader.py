@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import Severity, SpecError, check_specs, load_spec, load_specs
-from mailwright.schema.addressing import AddressType, check_address
+from mailwright.schema.addressing import check_address
 
 REPO = Path(__file__).resolve().parents[2]
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).

@@ -22,9 +22,9 @@ from pydantic import ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap
 
+from mailwright.runtime.routing import AddressType
 from mailwright.schema import Mailbox, OrganizationSpec, Site, SiteAddressing, load_spec
 from mailwright.schema.addressing import (
-    AddressType,
     check_address,
     expand_template,
     is_domain,

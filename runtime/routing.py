@@ -1,5 +1,7 @@
-"""Exchange's route selection over GWART rows, shared by the compiler (`route`, the GWART
-artifact) and the runtime's MTA, which reads the rows from its compiled host config.
+"""Address types and Exchange's route selection over GWART rows, shared by the spec (which
+validates address types and scopes), the compiler (`route`, the GWART artifact) and the
+runtime's MTA and IMS, which read the rows from the compiled artifacts. Standard library only:
+a host process imports this, never the spec loader or pydantic.
 
 The whole address is matched against each address space; best fit wins first (exact, then
 wildcard with more literal characters, then type-only), then lowest cost; a site- or
@@ -17,8 +19,41 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from mailwright.schema.addressing import AddressType, parse_x400
-from mailwright.schema.models import Scope
+
+class AddressType(enum.StrEnum):
+    SMTP = "SMTP"
+    X400 = "X400"
+    MS = "MS"
+
+
+# Who may use a route: every server, those of its site, or those of its location. (A comment,
+# not a docstring: the spec's JSON schema would carry a docstring as the enum's description.)
+class Scope(enum.StrEnum):
+    ORGANIZATION = "organization"
+    SITE = "site"
+    LOCATION = "location"
+
+
+X400_KEYS = ("c", "a", "p", "o", "ou1", "ou2", "ou3", "ou4", "cn", "s", "g", "i", "q")
+
+
+def parse_x400(text: str) -> dict[str, str]:
+    """`c=US;a= ;p=DCNW;o=HQ;s=Doe;g=Jane;` as attributes; raises ValueError when malformed."""
+    attributes: dict[str, str] = {}
+    for part in text.rstrip(";").split(";"):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in X400_KEYS:
+            raise ValueError(f"'{part}' is not an X.400 attribute (one of {', '.join(X400_KEYS)})")
+        if key in attributes:
+            raise ValueError(f"X.400 attribute '{key}' is given twice")
+        attributes[key] = value
+    return attributes
+
+
+def format_x400(attributes: dict[str, str]) -> str:
+    return "".join(f"{k}={attributes[k]};" for k in X400_KEYS if k in attributes)
+
 
 SCOPE_RANK = {Scope.LOCATION: 0, Scope.SITE: 1, Scope.ORGANIZATION: 2}
 
