@@ -5,11 +5,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
+from tests.helpers import MAILWRIGHT, ROOT
 
 MESSY = """\
 # yaml-language-server: $schema=../schema/mailwright.schema.json
@@ -100,7 +98,7 @@ def test_check_passes_on_canonical_files(tmp_path: Path) -> None:
 
 
 def test_examples_are_stable_once_formatted(tmp_path: Path) -> None:
-    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
     specs = [
         str(p.relative_to(tmp_path))
         for p in sorted(tmp_path.rglob("*.yaml"))

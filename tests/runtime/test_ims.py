@@ -59,12 +59,12 @@ from mailwright.runtime.router import Router
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.transfer import endpoints_in
 from mailwright.schema import load_specs
+from tests.helpers import RequireTool
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
 CLIENT_NAME = "client.example"
 T = TypeVar("T")
-RequireTool = Callable[[str], str]
 
 
 def run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
