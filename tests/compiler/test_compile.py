@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -16,20 +14,12 @@ from mailwright.compiler.build import compile_specs
 from mailwright.compiler.gal import build_gal
 from mailwright.compiler.route import explain_route
 from mailwright.schema import load_specs
-from tests.helpers import EPOCH, MAILWRIGHT, ROOT, SEED_SPECS
-
-GOLDEN = ROOT / "tests/golden/seed"
+from tests.helpers import EPOCH, GOLDEN, MAILWRIGHT, ROOT, SEED_SPECS, assert_golden_tree, tree
 
 
 @pytest.fixture(autouse=True)
 def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
 
 
 def compile_seed(out: Path, specs: list[Path] = SEED_SPECS) -> dict[str, bytes]:
@@ -97,22 +87,7 @@ def test_seed_artifacts_match_golden_files(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
     )
-    produced = tree(tmp_path)
-    if os.environ.get("MAILWRIGHT_REGEN_GOLDEN"):
-        for name, content in produced.items():
-            (GOLDEN / name).parent.mkdir(parents=True, exist_ok=True)
-            (GOLDEN / name).write_bytes(content)
-    expected = tree(GOLDEN)
-    assert sorted(produced) == sorted(expected)
-    for name, content in produced.items():
-        diff = difflib.unified_diff(
-            expected[name].decode().splitlines(),
-            content.decode().splitlines(),
-            f"golden/{name}",
-            f"compiled/{name}",
-            lineterm="",
-        )
-        assert not (text := "\n".join(diff)), text
+    assert_golden_tree(GOLDEN / "seed", tree(tmp_path), "compiled")
 
 
 def test_seed_route_to_mark_goes_through_hermes_to_arlington() -> None:

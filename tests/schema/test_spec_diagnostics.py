@@ -9,7 +9,6 @@ review the diff.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
 import os
@@ -19,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DIAGNOSTIC_CASES, MAILWRIGHT, ROOT
+from tests.helpers import DIAGNOSTIC_CASES, MAILWRIGHT, REGENERATE_GOLDEN, ROOT, assert_golden
 
-REGENERATE = os.environ.get("MAILWRIGHT_REGEN_GOLDEN") == "1"
 DIAGNOSTIC = re.compile(r"^(.+?):(\d+):(\d+): (error|warning): ")
 CASES = sorted(p for p in DIAGNOSTIC_CASES.iterdir() if p.suffix == ".yaml" or p.is_dir())
 # Plaintext passwords the fixtures hold by mistake: no output may repeat them.
@@ -73,18 +71,7 @@ def positions(output: str) -> list[tuple[str, int, int]]:
 def test_validate_prints_the_expected_diagnostics(case: Path) -> None:
     result = validate(*spec_arguments(case))
     assert result.stderr == "", result.stderr
-    expected_file = DIAGNOSTIC_CASES / f"{case.stem}.expected"
-    if REGENERATE:
-        expected_file.write_text(result.stdout, encoding="utf-8")
-    expected = expected_file.read_text(encoding="utf-8")
-    if result.stdout != expected:
-        diff = difflib.unified_diff(
-            expected.splitlines(keepends=True),
-            result.stdout.splitlines(keepends=True),
-            str(expected_file.relative_to(ROOT)),
-            "mailwright validate",
-        )
-        pytest.fail("output differs from the golden file:\n" + "".join(diff))
+    assert_golden(DIAGNOSTIC_CASES / f"{case.stem}.expected", result.stdout, "mailwright validate")
     has_errors = any(": error: " in line for line in result.stdout.splitlines())
     assert result.returncode == (1 if has_errors else 0)
 
@@ -102,7 +89,7 @@ def test_every_expected_file_belongs_to_a_case() -> None:
     stems = {case.stem for case in CASES}
     orphans = [p.name for p in DIAGNOSTIC_CASES.glob("*.expected") if p.stem not in stems]
     assert orphans == []
-    if not REGENERATE:
+    if not REGENERATE_GOLDEN:
         assert all((DIAGNOSTIC_CASES / f"{stem}.expected").is_file() for stem in stems)
 
 
