@@ -51,7 +51,26 @@ Messages = Callable[[Path, str, str], list[EmailMessage]]
 RequireTool = Callable[[str], str]
 
 
-# --- waiting and parsing --------------------------------------------------------------------
+# --- running the CLI, waiting and parsing ---------------------------------------------------
+
+
+def plain_environment() -> dict[str, str]:
+    """The caller's environment without anything that would make rich print colours."""
+    colours = {"FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
+    return {**{k: v for k, v in os.environ.items() if k not in colours}, "NO_COLOR": "1"}
+
+
+def run_mailwright(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`mailwright ARGUMENTS` run in `cwd` without colours: exit code, stdout and stderr."""
+    return subprocess.run(
+        [MAILWRIGHT, *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=plain_environment(),
+        timeout=120,
+        check=False,
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:

@@ -18,26 +18,13 @@ import pytest
 import yaml
 
 from tests.helpers import MAILWRIGHT, ROOT, SEED_DIR, SEED_FILES
+from tests.helpers import run_mailwright as mailwright
 
 CI = ROOT / "examples" / "ci"
 HOOKS = ROOT / ".pre-commit-hooks.yaml"
 WORKFLOW = CI / "github-workflow.yml"
 PRE_COMMIT_CONFIG = CI / "pre-commit-config.yaml"
 EXAMPLE_SPECS = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent != CI)
-
-
-def mailwright(*arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(MAILWRIGHT), *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def load(path: Path) -> Any:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
 from pathlib import Path
 
-from tests.helpers import MAILWRIGHT, ROOT
+from tests.helpers import ROOT
+from tests.helpers import run_mailwright as mailwright
 
 MESSY = """\
 # yaml-language-server: $schema=../schema/mailwright.schema.json
@@ -41,20 +40,6 @@ sites:
         ipv4: 192.0.2.10
         roles: [store, ims, dns]
 """
-
-
-def mailwright(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(MAILWRIGHT), *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_fmt_rewrites_in_canonical_form_keeping_comments(tmp_path: Path) -> None:

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DIAGNOSTIC_CASES, MAILWRIGHT, ROOT
+from tests.helpers import DIAGNOSTIC_CASES, ROOT
+from tests.helpers import run_mailwright as mailwright
 
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).
 EXAMPLES = [
@@ -24,20 +23,6 @@ WARNINGS_ONLY = str((DIAGNOSTIC_CASES / "no_inbound_ims.yaml").relative_to(ROOT)
 GITHUB_LINE = re.compile(
     r"^::(error|warning) file=[^,:]+,line=\d+,col=\d+,title=[a-z0-9-]+::[^\r\n]+$"
 )
-
-
-def mailwright(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(MAILWRIGHT), *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_valid_specs_exit_0_with_a_summary_each() -> None:

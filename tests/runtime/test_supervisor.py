@@ -134,14 +134,19 @@ def started(state: Path) -> Supervisor:
     return running
 
 
+@pytest.fixture
+def running(commands: Commands, state: Path) -> Supervisor:
+    """A supervisor that runs Arlington (serial 1, on 127.0.1.9)."""
+    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
+    return started(state)
+
+
 # --- reconcile ------------------------------------------------------------------------------
 
 
 def test_reconcile_starts_each_host_of_the_serial_on_its_address(
-    commands: Commands, state: Path
+    running: Supervisor, commands: Commands, state: Path
 ) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
     config = state / "artifacts/1/Minasi/hosts/arlington.json"
     [arguments] = commands.asked
     assert arguments[:4] == [sys.executable, "-m", "mailwright.runtime.host", str(config)]
@@ -153,9 +158,9 @@ def test_reconcile_starts_each_host_of_the_serial_on_its_address(
     assert host.events[-1].endswith(f"started pid {host.process.pid}")
 
 
-def test_the_same_serial_twice_changes_nothing(commands: Commands, state: Path) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
+def test_the_same_serial_twice_changes_nothing(
+    running: Supervisor, commands: Commands, state: Path
+) -> None:
     running.reconcile()
     assert len(commands.asked) == 1
 
@@ -174,10 +179,8 @@ def test_a_start_forgets_what_the_last_process_reported(commands: Commands, stat
 
 
 def test_a_change_of_mailboxes_is_a_sighup_to_the_same_process(
-    commands: Commands, state: Path
+    running: Supervisor, commands: Commands, state: Path
 ) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
     apply(state, 2, {"Minasi/arlington": ("127.0.1.9", changed(mailboxes=[]))})
     running.reconcile()
     wait_until(lambda: "SIGHUP" in log(state, "arlington"), 10, "the host to get SIGHUP")
@@ -199,10 +202,14 @@ def test_a_change_of_mailboxes_is_a_sighup_to_the_same_process(
     ids=["roles", "services", "tls", "address"],
 )
 def test_a_change_of_what_a_host_listens_on_is_a_restart(
-    commands: Commands, state: Path, change: dict[str, Any], address: str, reason: str
+    running: Supervisor,
+    commands: Commands,
+    state: Path,
+    *,
+    change: dict[str, Any],
+    address: str,
+    reason: str,
 ) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
     apply(state, 2, {"Minasi/arlington": (address, changed(**change))})
     running.reconcile()
     first, second = commands.started
@@ -281,10 +288,8 @@ def status(state: Path) -> dict[str, Any]:
 
 
 def test_status_says_starting_then_running_with_what_the_host_reported(
-    commands: Commands, state: Path
+    running: Supervisor, commands: Commands, state: Path
 ) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
     running.write_status()
     arlington = status(state)["hosts"]["Minasi/arlington"]
     assert (arlington["state"], arlington["services"], arlington["serial"]) == (
@@ -319,10 +324,8 @@ def test_status_says_starting_then_running_with_what_the_host_reported(
 
 
 def test_status_keeps_the_last_ten_events_and_shows_a_stopped_host(
-    commands: Commands, state: Path
+    running: Supervisor, commands: Commands, state: Path
 ) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
     host = running.hosts["Minasi/arlington"]
     host.events += [f"event {n}" for n in range(12)]
     running._stop(host, "test")
@@ -347,10 +350,8 @@ def signal_handlers() -> Iterator[None]:
 
 @pytest.mark.usefixtures("signal_handlers")
 def test_a_broken_state_stops_every_host_and_the_supervisor(
-    commands: Commands, state: Path, capsys: pytest.CaptureFixture[str]
+    running: Supervisor, commands: Commands, state: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
-    running = started(state)
     (state / "state.json").unlink()
     running.run()
     assert commands.started[0].poll() is not None

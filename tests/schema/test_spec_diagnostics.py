@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import DIAGNOSTIC_CASES, MAILWRIGHT, REGENERATE_GOLDEN, ROOT, assert_golden
+from tests.helpers import (
+    DIAGNOSTIC_CASES,
+    REGENERATE_GOLDEN,
+    ROOT,
+    assert_golden,
+    run_mailwright,
+)
 
 DIAGNOSTIC = re.compile(r"^(.+?):(\d+):(\d+): (error|warning): ")
 CASES = sorted(p for p in DIAGNOSTIC_CASES.iterdir() if p.suffix == ".yaml" or p.is_dir())
@@ -34,29 +39,10 @@ def spec_arguments(case: Path) -> list[str]:
     return [str(spec.relative_to(ROOT)) for spec in specs]
 
 
-def plain_environment() -> dict[str, str]:
-    """The caller's environment without anything that would make rich print colours."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-    }
-    env["NO_COLOR"] = "1"
-    return env
-
-
 @functools.cache
 def validate(*arguments: str) -> subprocess.CompletedProcess[str]:
     # Cached: each case's output serves several tests.
-    return subprocess.run(
-        [str(MAILWRIGHT), "validate", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=plain_environment(),
-        timeout=120,
-        check=False,
-    )
+    return run_mailwright("validate", *arguments)
 
 
 def positions(output: str) -> list[tuple[str, int, int]]:
