@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -11,6 +9,7 @@ from mailwright.compiler.gwart import FitKind, Gwart, Route, build_gwart, fit
 from mailwright.schema import load_specs
 from mailwright.schema.addressing import AddressType
 from mailwright.schema.models import Scope
+from tests.helpers import ROOT
 
 SMTP, X400, MS = AddressType.SMTP, AddressType.X400, AddressType.MS
 
@@ -129,7 +128,7 @@ def test_equal_routes_are_all_used_across_messages() -> None:
 
 EXAMPLES = [
     path
-    for path in sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml"))
+    for path in sorted((ROOT / "examples").rglob("*.yaml"))
     if path.read_text(encoding="utf-8").count("\norganization:")
 ]
 GWARTS = [build_gwart(spec) for spec in load_specs(EXAMPLES)]
