@@ -4,19 +4,16 @@ A host is `python -m mailwright.runtime.host` on 127.0.0.1 with ephemeral ports,
 subprocess.Popen and stopped by its pid (SIGTERM, then SIGKILL) when the test module ends. Its
 stderr goes to `<state>/hosts/<server>/stderr.log`, so a failure can show what the host said.
 Outside tools (curl, swaks, Postfix's smtp-source) are found with `require_tool`, for every test
-folder. Test modules cannot import this file (no packages under tests/), so everything is handed
-out as fixtures whose types are the standard library's.
+folder. What runs or cleans up is handed out as fixtures; their types, the paths and the plain
+functions are in tests/helpers.py.
 """
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import os
 import poplib
 import select
-import shutil
 import signal
 import smtplib
 import subprocess
@@ -28,12 +25,22 @@ from pathlib import Path
 
 import pytest
 
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
-LOOPBACK = "127.0.0.1"
+from tests.helpers import (
+    LOOPBACK,
+    MAILWRIGHT,
+    Endpoint,
+    Mailwright,
+    Messages,
+    Process,
+    RequireTool,
+    WaitUntil,
+    parse_message,
+    require_tool,
+    wait_until,
+)
+
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
-
-Process = subprocess.Popen[str]
 
 
 def _stderr_log(config: Path, state: Path) -> Path:
@@ -130,7 +137,7 @@ def kill_host() -> Callable[[Process], None]:
 
 
 @pytest.fixture(scope="session")
-def mailwright() -> Callable[..., subprocess.CompletedProcess[str]]:
+def mailwright() -> Mailwright:
     """Run the `mailwright` CLI: `mailwright(*args, env={...})` adds `env` to os.environ.
     `apply` leaves the runtime alone (MAILWRIGHT_RUNTIME=off): the tests run the hosts."""
 
@@ -148,7 +155,7 @@ def mailwright() -> Callable[..., subprocess.CompletedProcess[str]]:
 
 
 @pytest.fixture(scope="session")
-def endpoint() -> Callable[[Path, str, str], tuple[str, int]]:
+def endpoint() -> Endpoint:
     """Where a running host's service (`pop3`, `transfer`) listens, from its endpoints.json."""
 
     def lookup(state: Path, server: str, service: str) -> tuple[str, int]:
@@ -159,15 +166,9 @@ def endpoint() -> Callable[[Path, str, str], tuple[str, int]]:
     return lookup
 
 
-def _parse(data: bytes) -> EmailMessage:
-    parsed = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
-    assert isinstance(parsed, EmailMessage)
-    return parsed
-
-
 @pytest.fixture(scope="session")
 def pop3_messages(
-    endpoint: Callable[[Path, str, str], tuple[str, int]],
+    endpoint: Endpoint,
 ) -> Callable[[Path, str, str, str], list[EmailMessage]]:
     """Every message of a mailbox over POP3 (`state, server, user, password`), parsed; nothing
     is deleted."""
@@ -178,7 +179,10 @@ def pop3_messages(
             client.user(user)
             client.pass_(password)
             count, _ = client.stat()
-            return [_parse(b"\r\n".join(client.retr(n)[1]) + b"\r\n") for n in range(1, count + 1)]
+            return [
+                parse_message(b"\r\n".join(client.retr(n)[1]) + b"\r\n")
+                for n in range(1, count + 1)
+            ]
         finally:
             client.quit()
 
@@ -186,29 +190,21 @@ def pop3_messages(
 
 
 @pytest.fixture(scope="session")
-def maildir_messages() -> Callable[[Path, str, str], list[EmailMessage]]:
+def maildir_messages() -> Messages:
     """Every message in a mailbox's Maildir (`state, server, alias`), read from the files."""
 
     def read(state: Path, server: str, alias: str) -> list[EmailMessage]:
         maildir = state / "hosts" / server / "store" / alias / "Maildir"
         files = [p for sub in ("new", "cur") for p in (maildir / sub).glob("*") if p.is_file()]
-        return [_parse(p.read_bytes()) for p in sorted(files)]
+        return [parse_message(p.read_bytes()) for p in sorted(files)]
 
     return read
 
 
-@pytest.fixture(scope="session")
-def wait_until() -> Callable[[Callable[[], bool], float, str], None]:
+@pytest.fixture(name="wait_until", scope="session")
+def _wait_until() -> WaitUntil:
     """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
-
-    def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-            time.sleep(0.05)
-
-    return wait
+    return wait_until
 
 
 @pytest.fixture(scope="session")
@@ -225,19 +221,9 @@ def rcpt() -> Callable[[tuple[str, int], str], int]:
     return probe
 
 
-def _require_tool(name: str) -> str:
-    """The path of an outside tool; skip without it, fail if MAILWRIGHT_REQUIRE_TOOLS=1."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{name} is not installed and MAILWRIGHT_REQUIRE_TOOLS=1")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-@pytest.fixture
-def require_tool() -> Callable[[str], str]:
-    return _require_tool
+@pytest.fixture(name="require_tool")
+def _require_tool() -> RequireTool:
+    return require_tool
 
 
 @pytest.fixture(autouse=True, scope="session")

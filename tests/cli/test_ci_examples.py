@@ -11,34 +11,20 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
-CI = REPO / "examples" / "ci"
-HOOKS = REPO / ".pre-commit-hooks.yaml"
+from tests.helpers import MAILWRIGHT, ROOT, SEED_DIR, SEED_FILES
+from tests.helpers import run_mailwright as mailwright
+
+CI = ROOT / "examples" / "ci"
+HOOKS = ROOT / ".pre-commit-hooks.yaml"
 WORKFLOW = CI / "github-workflow.yml"
 PRE_COMMIT_CONFIG = CI / "pre-commit-config.yaml"
-EXAMPLE_SPECS = sorted(p for p in (REPO / "examples").rglob("*.yaml") if p.parent != CI)
-
-
-def mailwright(*arguments: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(MAILWRIGHT), *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+EXAMPLE_SPECS = sorted(p for p in (ROOT / "examples").rglob("*.yaml") if p.parent != CI)
 
 
 def load(path: Path) -> Any:
@@ -150,12 +136,12 @@ def test_check_job_steps_run_on_the_seed_specs(tmp_path: Path) -> None:
     against an empty state the plan has changes, which must not fail the step."""
     specs = tmp_path / "specs"
     specs.mkdir()
-    for name in ("dcnw.yaml", "minasi.yaml"):
-        (specs / name).write_bytes((REPO / "examples" / "seed" / name).read_bytes())
+    for name in SEED_FILES:
+        (specs / name).write_bytes((SEED_DIR / name).read_bytes())
     output, summary = tmp_path / "output", tmp_path / "summary.md"
     env = {
         **{k: v for k, v in os.environ.items() if k != "MAILWRIGHT_STATE"},
-        "PATH": f"{MAILWRIGHT.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PATH": f"{Path(MAILWRIGHT).parent}{os.pathsep}{os.environ.get('PATH', '')}",
         "GITHUB_OUTPUT": str(output),
         "GITHUB_STEP_SUMMARY": str(summary),
         "NO_COLOR": "1",

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
+from tests.helpers import ROOT
+from tests.helpers import run_mailwright as mailwright
 
 MESSY = """\
 # yaml-language-server: $schema=../schema/mailwright.schema.json
@@ -43,20 +40,6 @@ sites:
         ipv4: 192.0.2.10
         roles: [store, ims, dns]
 """
-
-
-def mailwright(*arguments: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(MAILWRIGHT), *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_fmt_rewrites_in_canonical_form_keeping_comments(tmp_path: Path) -> None:
@@ -100,7 +83,7 @@ def test_check_passes_on_canonical_files(tmp_path: Path) -> None:
 
 
 def test_examples_are_stable_once_formatted(tmp_path: Path) -> None:
-    shutil.copytree(REPO / "examples", tmp_path / "examples")
+    shutil.copytree(ROOT / "examples", tmp_path / "examples")
     specs = [
         str(p.relative_to(tmp_path))
         for p in sorted(tmp_path.rglob("*.yaml"))

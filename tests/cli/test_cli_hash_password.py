@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
-from pathlib import Path
 
 import argon2
 import pytest
 from argon2.exceptions import VerifyMismatchError
 
 from mailwright.schema.passwords import check_password_hash
-
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
+from tests.helpers import MAILWRIGHT
 
 
 def hash_password(stdin: str) -> subprocess.CompletedProcess[str]:

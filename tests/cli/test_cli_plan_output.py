@@ -14,18 +14,14 @@ import pty
 import re
 import shutil
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 
 from mailwright.compiler.state import write_tree_durably
+from tests.helpers import EPOCH, MAILWRIGHT, SEED_DIR, SEED_FILES
 
-REPO = Path(__file__).resolve().parents[2]
-SEED = REPO / "examples" / "seed"
-SPECS = ("dcnw.yaml", "minasi.yaml")
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
 ESCAPE = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 # Steps the CLI shows a bar for while a plan is made (compiler/apply.py names them).
 PLAN_STEPS = ("Loading specs", "Compiling", "Planning")
@@ -36,7 +32,7 @@ def environment(**extra: str) -> dict[str, str]:
     unset = {"NO_COLOR", "FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "MAILWRIGHT_STATE"}
     env = {k: v for k, v in os.environ.items() if k not in unset}
     fixed = {
-        "SOURCE_DATE_EPOCH": "1767225600",
+        "SOURCE_DATE_EPOCH": EPOCH,
         "TERM": "xterm-256color",
         "MAILWRIGHT_RUNTIME": "off",
     }
@@ -45,14 +41,14 @@ def environment(**extra: str) -> dict[str, str]:
 
 @pytest.fixture
 def workspace(tmp_path: Path) -> Path:
-    for spec in SPECS:
-        shutil.copy(SEED / spec, tmp_path / spec)
+    for spec in SEED_FILES:
+        shutil.copy(SEED_DIR / spec, tmp_path / spec)
     return tmp_path
 
 
 def run(workspace: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [MAILWRIGHT, *args, *SPECS, "--state", "state"],
+        [MAILWRIGHT, *args, *SEED_FILES, "--state", "state"],
         cwd=workspace,
         env=environment(**env),
         stdin=subprocess.DEVNULL,
@@ -83,7 +79,7 @@ def run_with_terminal_stderr(workspace: Path, *args: str) -> tuple[int, str, str
     reader.start()
     try:
         with subprocess.Popen(
-            [MAILWRIGHT, *args, *SPECS, "--state", "state"],
+            [MAILWRIGHT, *args, *SEED_FILES, "--state", "state"],
             cwd=workspace,
             env=environment(),
             stdin=subprocess.DEVNULL,

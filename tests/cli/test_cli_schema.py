@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import jsonschema
 
 from mailwright.schema.jsonschema import spec_json_schema
-
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
+from tests.helpers import MAILWRIGHT
 
 
 def test_schema_prints_a_valid_draft_2020_12_json_schema() -> None:

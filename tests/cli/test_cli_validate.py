@@ -3,43 +3,26 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
+from tests.helpers import DIAGNOSTIC_CASES, ROOT
+from tests.helpers import run_mailwright as mailwright
+
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).
 EXAMPLES = [
-    str(p.relative_to(REPO))
-    for p in sorted((REPO / "examples").rglob("*.yaml"))
+    str(p.relative_to(ROOT))
+    for p in sorted((ROOT / "examples").rglob("*.yaml"))
     if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
 ]
-GOLDEN = Path(__file__).resolve().parents[1] / "schema" / "fixtures" / "golden"
-INVALID = str((GOLDEN / "proxy_collision.yaml").relative_to(REPO))
-WARNINGS_ONLY = str((GOLDEN / "no_inbound_ims.yaml").relative_to(REPO))
+INVALID = str((DIAGNOSTIC_CASES / "proxy_collision.yaml").relative_to(ROOT))
+WARNINGS_ONLY = str((DIAGNOSTIC_CASES / "no_inbound_ims.yaml").relative_to(ROOT))
 GITHUB_LINE = re.compile(
     r"^::(error|warning) file=[^,:]+,line=\d+,col=\d+,title=[a-z0-9-]+::[^\r\n]+$"
 )
-
-
-def mailwright(*arguments: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in {"FORCE_COLOR", "CLICOLOR_FORCE"}}
-    env["NO_COLOR"] = "1"
-    return subprocess.run(
-        [str(MAILWRIGHT), *arguments],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
 
 
 def test_valid_specs_exit_0_with_a_summary_each() -> None:
@@ -121,7 +104,7 @@ def test_github_annotations() -> None:
 
 def test_github_annotations_escape_their_properties_and_data(tmp_path: Path) -> None:
     spec = tmp_path / "odd,name:1.yaml"
-    shutil.copy(GOLDEN / "cost_range.yaml", spec)
+    shutil.copy(DIAGNOSTIC_CASES / "cost_range.yaml", spec)
     result = mailwright("validate", "--format", "github", spec.name, cwd=tmp_path)
     assert result.returncode == 1
     first = result.stdout.splitlines()[0]

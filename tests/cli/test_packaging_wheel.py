@@ -12,18 +12,18 @@ import subprocess
 import sys
 import tomllib
 import zipfile
-from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
+
 SOURCES = ["pyproject.toml", "README.md", "schema", "compiler", "runtime"]
 
 
 def build_options() -> list[str]:
     """`--no-isolation` when the venv's setuptools meets the build requirement (no download)."""
-    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     for requirement in map(Requirement, pyproject["build-system"]["requires"]):
         try:
             installed = importlib.metadata.version(requirement.name)
@@ -39,7 +39,7 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     # Build from a copy: the build leaves build/ and *.egg-info behind.
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
-        path = REPO / name
+        path = ROOT / name
         if path.is_dir():
             shutil.copytree(path, source / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
@@ -62,9 +62,9 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def test_every_file_of_every_package_is_in_the_wheel(wheel_files: list[str]) -> None:
     # Modules, and data such as the compiler's templates: whatever the package folders hold.
     for folder in ("schema", "compiler", "runtime"):
-        for path in sorted((REPO / folder).rglob("*")):
+        for path in sorted((ROOT / folder).rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
-                name = path.relative_to(REPO).as_posix()
+                name = path.relative_to(ROOT).as_posix()
                 assert f"mailwright/{name}" in wheel_files
 
 

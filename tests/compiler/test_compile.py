@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +14,7 @@ from mailwright.compiler.build import compile_specs
 from mailwright.compiler.gal import build_gal
 from mailwright.compiler.route import explain_route
 from mailwright.schema import load_specs
-
-ROOT = Path(__file__).resolve().parents[2]
-SEED = [ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"]
-GOLDEN = ROOT / "tests/golden/seed"
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
-EPOCH = "1767225600"  # 2026-01-01: fixed zone serials
+from tests.helpers import EPOCH, GOLDEN, MAILWRIGHT, ROOT, SEED_SPECS, assert_golden_tree, tree
 
 
 @pytest.fixture(autouse=True)
@@ -30,13 +22,7 @@ def fixed_date(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", EPOCH)
 
 
-def tree(root: Path) -> dict[str, bytes]:
-    return {
-        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
-    }
-
-
-def compile_seed(out: Path, specs: list[Path] = SEED) -> dict[str, bytes]:
+def compile_seed(out: Path, specs: list[Path] = SEED_SPECS) -> dict[str, bytes]:
     subprocess.run(
         [MAILWRIGHT, "compile", *map(str, specs), "--out", str(out)],
         check=True,
@@ -78,7 +64,7 @@ def without_sources(files: dict[str, bytes]) -> dict[str, Any]:
 
 def test_mapping_order_does_not_change_artifacts(tmp_path: Path) -> None:
     shuffled = []
-    for spec in SEED:
+    for spec in SEED_SPECS:
         copy = tmp_path / spec.name
         copy.write_text(yaml.safe_dump(reorder(yaml.safe_load(spec.read_text())), sort_keys=False))
         shuffled.append(copy)
@@ -101,26 +87,11 @@ def test_seed_artifacts_match_golden_files(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
     )
-    produced = tree(tmp_path)
-    if os.environ.get("MAILWRIGHT_REGEN_GOLDEN"):
-        for name, content in produced.items():
-            (GOLDEN / name).parent.mkdir(parents=True, exist_ok=True)
-            (GOLDEN / name).write_bytes(content)
-    expected = tree(GOLDEN)
-    assert sorted(produced) == sorted(expected)
-    for name, content in produced.items():
-        diff = difflib.unified_diff(
-            expected[name].decode().splitlines(),
-            content.decode().splitlines(),
-            f"golden/{name}",
-            f"compiled/{name}",
-            lineterm="",
-        )
-        assert not (text := "\n".join(diff)), text
+    assert_golden_tree(GOLDEN / "seed", tree(tmp_path), "compiled")
 
 
 def test_seed_route_to_mark_goes_through_hermes_to_arlington() -> None:
-    result = explain_route(load_specs(SEED), "mark@minasi.com", "athena")
+    result = explain_route(load_specs(SEED_SPECS), "mark@minasi.com", "athena")
     assert result.routable
     assert result.selection is not None and result.selection.chosen is not None
     assert result.selection.chosen.gateway == "hermes"
@@ -130,7 +101,7 @@ def test_seed_route_to_mark_goes_through_hermes_to_arlington() -> None:
 
 def run_route(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [MAILWRIGHT, "route", *args, *map(str, SEED)],
+        [MAILWRIGHT, "route", *args, *map(str, SEED_SPECS)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -170,7 +141,7 @@ def test_unknown_server_is_a_clear_error() -> None:
 
 
 def test_every_gal_proxy_resolves_back_to_its_recipient() -> None:
-    for loaded in load_specs(SEED):
+    for loaded in load_specs(SEED_SPECS):
         gal = build_gal(loaded)
         for entry in gal:
             for proxy in entry.proxies:
@@ -178,10 +149,10 @@ def test_every_gal_proxy_resolves_back_to_its_recipient() -> None:
 
 
 def test_pop3_inheritance_in_the_gal(tmp_path: Path) -> None:
-    gal = {e.row.alias: e.row for e in build_gal(load_specs(SEED)[1])}
+    gal = {e.row.alias: e.row for e in build_gal(load_specs(SEED_SPECS)[1])}
     assert gal["mark"].pop3.enabled is True
     assert gal["paula"].pop3.enabled is False
-    spec = yaml.safe_load(SEED[1].read_text())
+    spec = yaml.safe_load(SEED_SPECS[1].read_text())
     server = spec["sites"][0]["servers"][0]
     server["protocols"] = {"pop3": {"enabled": False}}
     spec["mailboxes"][0]["protocols"] = {"pop3": {"enabled": True}}
@@ -206,7 +177,7 @@ def test_compile_refuses_an_invalid_spec(tmp_path: Path) -> None:
 
 
 def test_compile_writes_the_library_api(tmp_path: Path) -> None:
-    compiled = compile_specs(load_specs(SEED), tmp_path)
+    compiled = compile_specs(load_specs(SEED_SPECS), tmp_path)
     assert [a.organization for a in compiled] == ["DCNW", "Minasi"]
     hosts = json.loads((tmp_path / "DCNW/hosts/athena.json").read_text())
     assert [m["alias"] for m in hosts["mailboxes"]] == ["jane", "pat"]

@@ -12,10 +12,7 @@ import pytest
 
 from mailwright.compiler.graph import quote, render_dot
 from mailwright.schema import load_spec, load_specs
-
-ROOT = Path(__file__).resolve().parents[2]
-SEED = [ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"]
-CONTOSO = ROOT / "examples/multisite/contoso.yaml"
+from tests.helpers import CONTOSO, ROOT, SEED_SPECS
 
 
 def dot_program() -> str:
@@ -38,7 +35,7 @@ def to_svg(text: str) -> str:
 
 
 def test_the_seed_shows_every_server_with_its_facts() -> None:
-    text = render_dot(load_specs(SEED))
+    text = render_dot(load_specs(SEED_SPECS))
     assert '"DCNW/athena" [label="athena\\nathena.dcnw.com\\n10.1.0.10\\nstore\\n2 mailboxes"' in (
         text
     )
@@ -51,7 +48,7 @@ def test_the_seed_shows_every_server_with_its_facts() -> None:
 
 
 def test_shapes_follow_roles_and_dns_hosts_are_marked() -> None:
-    text = render_dot(load_specs(SEED))
+    text = render_dot(load_specs(SEED_SPECS))
     node = {m[2]: m[3] for m in re.finditer(r'^\s*"([^"]+/([^"]+))" \[(.*)\];$', text, re.M)}
     assert 'shape="box"' in node["athena"]
     assert 'shape="hexagon"' in node["hermes"]
@@ -65,7 +62,7 @@ def test_shapes_follow_roles_and_dns_hosts_are_marked() -> None:
 
 
 def test_connectors_meet_at_one_shared_internet_node() -> None:
-    text = render_dot(load_specs(SEED))
+    text = render_dot(load_specs(SEED_SPECS))
     assert text.count('"internet" [label="Internet"') == 1
     assert "SMTP:* cost 1\\nscope organization" in text
     # DCNW's IMS sends out through the Internet node; Minasi's receives from it (MX).
@@ -90,9 +87,9 @@ def test_scoped_address_spaces_and_external_nameservers() -> None:
 
 
 def test_output_is_deterministic_whatever_the_order_of_specs() -> None:
-    forward = render_dot(load_specs(SEED))
-    assert render_dot(load_specs(SEED)) == forward
-    assert render_dot(load_specs(list(reversed(SEED)))) == forward
+    forward = render_dot(load_specs(SEED_SPECS))
+    assert render_dot(load_specs(SEED_SPECS)) == forward
+    assert render_dot(load_specs(list(reversed(SEED_SPECS)))) == forward
     assert forward.endswith("}\n")
 
 
@@ -105,7 +102,7 @@ def test_quote_escapes_what_dot_would_misread() -> None:
 
 
 def test_dot_accepts_the_seed_and_draws_an_svg() -> None:
-    svg = to_svg(render_dot(load_specs(SEED)))
+    svg = to_svg(render_dot(load_specs(SEED_SPECS)))
     assert svg.lstrip().startswith("<?xml")
     assert "<svg" in svg
     for text in ("athena.dcnw.com", "hermes.dcnw.com", "arlington.minasi.com", "SMTP:* cost 1"):
@@ -126,5 +123,5 @@ def test_dot_accepts_awkward_names(tmp_path: Path) -> None:
 
 
 def test_dot_accepts_several_organizations_together() -> None:
-    svg = to_svg(render_dot([*load_specs(SEED), load_spec(CONTOSO)]))
+    svg = to_svg(render_dot([*load_specs(SEED_SPECS), load_spec(CONTOSO)]))
     assert svg.count(">Internet</text>") == 1

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import given
 from hypothesis import strategies as st
 
 from mailwright.compiler.gwart import FitKind, Gwart, Route, build_gwart, fit
 from mailwright.runtime.routing import AddressType, Scope
 from mailwright.schema import load_specs
+from tests.helpers import ROOT
 
 SMTP, X400, MS = AddressType.SMTP, AddressType.X400, AddressType.MS
 
@@ -128,7 +127,7 @@ def test_equal_routes_are_all_used_across_messages() -> None:
 
 EXAMPLES = [
     path
-    for path in sorted((Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml"))
+    for path in sorted((ROOT / "examples").rglob("*.yaml"))
     if path.read_text(encoding="utf-8").count("\norganization:")
 ]
 GWARTS = [build_gwart(spec) for spec in load_specs(EXAMPLES)]

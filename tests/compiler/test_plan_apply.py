@@ -30,14 +30,10 @@ from mailwright.compiler.apply import apply, prepare
 from mailwright.compiler.plan import Action, Resource, ResourceChange, unsafe_findings
 from mailwright.compiler.state import Progress, State, StateDir, write_tree_durably
 from mailwright.schema import load_specs
+from tests.helpers import EPOCH, MAILWRIGHT, SEED_DIR, SEED_FILES
 
-ROOT = Path(__file__).resolve().parents[2]
-SEED = ROOT / "examples/seed"
-SEED_SPECS = ("dcnw.yaml", "minasi.yaml")
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
-EPOCH = "1767225600"  # 2026-01-01: fixed zone serials
 HASHES = sorted(
-    set(re.findall(r"\$argon2id\$\S+", "".join((SEED / s).read_text() for s in SEED_SPECS)))
+    set(re.findall(r"\$argon2id\$\S+", "".join((SEED_DIR / s).read_text() for s in SEED_FILES)))
 )
 SUMMARY = re.compile(r"^Plan: (\d+) to add, (\d+) to change, (\d+) to destroy\.$", re.MULTILINE)
 
@@ -48,6 +44,7 @@ LOCK_HOLDER = """
 import sys
 from pathlib import Path
 from mailwright.compiler.state import StateDir
+
 with StateDir(Path(sys.argv[1])).locked():
     print("locked", flush=True)
     sys.stdin.readline()
@@ -64,7 +61,7 @@ class Workspace:
     """Specs and a state directory ("state") in one folder; the CLI runs inside it."""
 
     root: Path
-    specs: tuple[str, ...] = SEED_SPECS
+    specs: tuple[str, ...] = SEED_FILES
 
     @property
     def state(self) -> Path:
@@ -195,8 +192,8 @@ ACME_ALIASES = tuple(f"user{n:02}" for n in range(1, 13))
 
 def fresh_workspace(root: Path) -> Workspace:
     root.mkdir(parents=True)
-    for spec in SEED_SPECS:
-        shutil.copy(SEED / spec, root / spec)
+    for spec in SEED_FILES:
+        shutil.copy(SEED_DIR / spec, root / spec)
     return Workspace(root)
 
 

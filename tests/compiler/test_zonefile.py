@@ -8,7 +8,6 @@ edits of them, either it answers None or its resources are dnspython's, in dnspy
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 
 import pytest
 
@@ -16,11 +15,11 @@ from mailwright.compiler import plan
 from mailwright.compiler.build import compile_all, tree_files
 from mailwright.compiler.zonefile import read_compiled_zone
 from mailwright.schema import load_specs
+from tests.helpers import CONTOSO, SEED_SPECS
 
-ROOT = Path(__file__).resolve().parents[2]
 SPECS = [
-    [ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"],
-    [ROOT / "examples/multisite/contoso.yaml"],
+    SEED_SPECS,
+    [CONTOSO],
 ]
 # Hand edits (old text, new text) of dcnw.com's zone; the first line holding `old` is edited.
 EDITS = [

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import difflib
-import os
 import re
-import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -19,9 +16,9 @@ import pytest
 
 from mailwright.compiler.zones import ZoneError, ZoneFile, render_zones
 from mailwright.schema import LoadedSpec, load_spec
+from tests.helpers import GOLDEN, SEED_SPECS, assert_golden, require_tool
 
 TODAY = datetime.date(2026, 1, 1)
-SEEDS = ("examples/seed/dcnw.yaml", "examples/seed/minasi.yaml")
 
 # Every feature at once; all MX and in-zone NS targets are in their zone, so that
 # `named-checkzone -i full` needs no lookups on the network.
@@ -87,23 +84,13 @@ dns:
 
 
 @pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
 def named_checkzone() -> str:
-    path = shutil.which("named-checkzone")
-    if path is None:
-        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
-            pytest.fail("named-checkzone is missing and MAILWRIGHT_REQUIRE_TOOLS=1 (bind9-utils)")
-        pytest.skip("named-checkzone is not installed (bind9-utils)")
-    return path
+    return require_tool("named-checkzone", "bind9-utils")
 
 
 @pytest.fixture(scope="session")
-def seed_zones(repo_root: Path) -> list[ZoneFile]:
-    return [z for seed in SEEDS for z in render_zones(load_spec(repo_root / seed), {}, TODAY)]
+def seed_zones() -> list[ZoneFile]:
+    return [z for seed in SEED_SPECS for z in render_zones(load_spec(seed), {}, TODAY)]
 
 
 def load_text(tmp_path: Path, text: str) -> LoadedSpec:
@@ -203,36 +190,19 @@ def test_reverse_zone_points_back_at_every_server(
     assert rdata_texts(reverse, tmp_path, "0.1.10.in-addr.arpa.", "NS") == ["dns.dcnw.com."]
 
 
-def test_golden_seed_zones(seed_zones: list[ZoneFile], repo_root: Path) -> None:
-    golden = repo_root / "tests" / "golden" / "zones"
-    if os.environ.get("MAILWRIGHT_REGEN_GOLDEN") == "1":
-        golden.mkdir(parents=True, exist_ok=True)
-        for stale in golden.glob("*.zone"):
-            stale.unlink()
-        for zone in seed_zones:
-            (golden / f"{zone.origin}.zone").write_text(zone.text, encoding="utf-8", newline="\n")
-    assert sorted(p.name for p in golden.glob("*.zone")) == sorted(
-        f"{z.origin}.zone" for z in seed_zones
-    )
+def test_golden_seed_zones(seed_zones: list[ZoneFile]) -> None:
+    # The compiled seed's golden tree (tests/golden/seed/<organization>/zones) holds them.
+    golden = {p.name: p for p in (GOLDEN / "seed").glob("*/zones/*.zone")}
+    assert sorted(golden) == sorted(f"{z.origin}.zone" for z in seed_zones)
     for zone in seed_zones:
-        path = golden / f"{zone.origin}.zone"
-        expected = path.read_text(encoding="utf-8")
-        diff = "".join(
-            difflib.unified_diff(
-                expected.splitlines(keepends=True),
-                zone.text.splitlines(keepends=True),
-                str(path),
-                f"rendered {zone.origin}",
-            )
-        )
-        assert not diff, f"{diff}\n(MAILWRIGHT_REGEN_GOLDEN=1 rewrites the golden files)"
+        assert_golden(golden[f"{zone.origin}.zone"], zone.text, f"rendered {zone.origin}")
 
 
 # --- determinism and serials --------------------------------------------------------------------
 
 
-def test_rendering_twice_gives_the_same_files(repo_root: Path) -> None:
-    loaded = load_spec(repo_root / SEEDS[0])
+def test_rendering_twice_gives_the_same_files() -> None:
+    loaded = load_spec(SEED_SPECS[0])
     assert render_zones(loaded, {}, TODAY) == render_zones(loaded, {}, TODAY)
 
 
@@ -243,12 +213,10 @@ def test_text_uses_newlines_only(seed_zones: list[ZoneFile]) -> None:
         assert not any(line != line.rstrip() for line in zone.text.splitlines())
 
 
-def test_serial_kept_when_nothing_changed(seed_zones: list[ZoneFile], repo_root: Path) -> None:
+def test_serial_kept_when_nothing_changed(seed_zones: list[ZoneFile]) -> None:
     previous = {z.origin: (z.content_hash, z.serial) for z in seed_zones}
     later = datetime.date(2026, 3, 4)
-    again = [
-        z for seed in SEEDS for z in render_zones(load_spec(repo_root / seed), previous, later)
-    ]
+    again = [z for seed in SEED_SPECS for z in render_zones(load_spec(seed), previous, later)]
     assert again == seed_zones
 
 

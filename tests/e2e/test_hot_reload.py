@@ -16,7 +16,6 @@ import os
 import poplib
 import smtplib
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,8 +27,8 @@ from typing import Any
 import argon2
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
+from tests.helpers import EPOCH, MAILWRIGHT, SEED_DIR
+
 READERS = 20
 NEWCOMERS = 100
 LARGE = 512 * 1024  # octets of the message each reader is in the middle of retrieving
@@ -48,7 +47,7 @@ def _mailbox(alias: str, password: str, surname: str) -> str:
 
 def _spec(mark_password: str, newcomers: int) -> str:
     """Minasi of the seed, with Mark's password, the readers and `newcomers` new mailboxes."""
-    seed = (ROOT / "examples" / "seed" / "minasi.yaml").read_text(encoding="utf-8")
+    seed = (SEED_DIR / "minasi.yaml").read_text(encoding="utf-8")
     mailboxes = [_mailbox("mark", mark_password, "Minasi")]
     mailboxes += [_mailbox(f"reader{n:02}", "reader", "Reader") for n in range(READERS)]
     mailboxes += [_mailbox(f"new{n:03}", "reader", "Newcomer") for n in range(newcomers)]
@@ -68,7 +67,7 @@ class Minasi:
         return subprocess.run(
             [MAILWRIGHT, *args, "--state", str(self.state)],
             cwd=self.folder,
-            env={**os.environ, "MAILWRIGHT_RUNTIME": "on", "SOURCE_DATE_EPOCH": "1767225600"},
+            env={**os.environ, "MAILWRIGHT_RUNTIME": "on", "SOURCE_DATE_EPOCH": EPOCH},
             capture_output=True,
             text=True,
             timeout=120,

@@ -25,9 +25,8 @@ import pytest
 from mailwright.runtime.ims import from_rfc5322
 from mailwright.runtime.message import Address
 from mailwright.runtime.queue import MessageQueue, QueueEntry
+from tests.helpers import SEED_DIR, Process
 
-REPO = Path(__file__).resolve().parents[2]
-Process = subprocess.Popen[str]
 WORKERS = 2
 
 
@@ -62,7 +61,7 @@ def arlington(  # noqa: PLR0917 - fixtures
     wait_until: Callable[[Callable[[], bool], float, str], None],
 ) -> Iterator[Arlington]:
     spec = tmp_path / "minasi.yaml"
-    shutil.copy(REPO / "examples" / "seed" / "minasi.yaml", spec)
+    shutil.copy(SEED_DIR / "minasi.yaml", spec)
     state = tmp_path / "state"
     done = mailwright("apply", str(spec), "--state", str(state), "--auto-approve")
     assert done.returncode == 0, done.stderr

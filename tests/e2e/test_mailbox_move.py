@@ -14,7 +14,6 @@ import asyncio
 import os
 import poplib
 import signal
-import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -26,6 +25,7 @@ import pytest
 from mailwright.runtime.message import Address, Recipient, encode, new_message
 from mailwright.runtime.store import MailStore, message_uid
 from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from tests.helpers import Endpoint, Mailwright, Process, WaitUntil
 
 SEEDED = 500
 SPEC = """\
@@ -47,10 +47,6 @@ mailboxes:
 """
 PASSWORD = "pw-move"
 
-Process = subprocess.Popen[str]
-Mailwright = Callable[..., subprocess.CompletedProcess[str]]
-WaitUntil = Callable[[Callable[[], bool], float, str], None]
-Endpoint = Callable[[Path, str, str], tuple[str, int]]
 # folder/name -> bytes of every message file in a Maildir
 Files = dict[str, bytes]
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import argon2
 
 from mailwright.runtime.store import MailStore
+from tests.helpers import Endpoint, Mailwright, Process
 
 SPEC = """\
 organization: {{name: Acme, domains: [acme.test]}}
@@ -31,9 +32,6 @@ mailboxes:
   - {{alias: jane, home_server: alpha, password: "{hash}", given_name: {given}, surname: Doe}}
 """
 PASSWORD = "pw-jane"
-Process = subprocess.Popen[str]
-Mailwright = Callable[..., subprocess.CompletedProcess[str]]
-Endpoint = Callable[[Path, str, str], tuple[str, int]]
 
 
 def uidls(address: tuple[str, int]) -> list[bytes]:

@@ -13,7 +13,6 @@ import json
 import os
 import poplib
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ import argon2
 import pytest
 
 from mailwright.runtime.store import MailStore
+from tests.helpers import MAILWRIGHT
 
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
 SPEC = """\
 organization: {{name: Acme, domains: [acme.test]}}
 sites:

@@ -15,7 +15,6 @@ import itertools
 import json
 import shutil
 import socketserver
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -30,6 +29,7 @@ import pytest
 from mailwright.runtime.message import Address, Recipient, encode, new_message
 from mailwright.runtime.queue import MessageQueue, QueueEntry
 from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from tests.helpers import Endpoint, Mailwright, Messages, Process, WaitUntil
 
 ANN, AL, BOB = "ann@acme.test", "al@acme.test", "bob@acme.test"
 HOMES = {"ann": "alpha", "al": "alpha", "bob": "beta"}
@@ -71,12 +71,7 @@ mailboxes:
     proxy_addresses: ["smtp:bobby@acme.test"]
 """
 
-Process = subprocess.Popen[str]
-Mailwright = Callable[..., subprocess.CompletedProcess[str]]
-Messages = Callable[[Path, str, str], list[EmailMessage]]
 Pop3Messages = Callable[[Path, str, str, str], list[EmailMessage]]
-WaitUntil = Callable[[Callable[[], bool], float, str], None]
-Endpoint = Callable[[Path, str, str], tuple[str, int]]
 
 
 def password(alias: str) -> str:

@@ -13,12 +13,9 @@ report.
 
 from __future__ import annotations
 
-import email.parser
-import email.policy
 import json
 import os
 import poplib
-import shutil
 import subprocess
 import time
 from collections.abc import Callable
@@ -27,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-SEED = [ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"]
+from tests.helpers import SEED_SPECS, Mailwright, parse_message, require_tool
+
 HOSTS = {"athena": "DCNW", "hermes": "DCNW", "dns": "DCNW", "arlington": "Minasi"}
 LOOPBACK = "127.0.0.1"
 DELIVERY_TIMEOUT = 20.0
@@ -36,25 +33,6 @@ CLIENT_TIMEOUT = 30.0
 JANE, MARK = "jane@dcnw.com", "mark@minasi.com"
 # Seed passwords are `demo-<alias>` (examples/seed/README.md).
 PASSWORDS = {"jane": "demo-jane", "mark": "demo-mark", "paula": "demo-paula"}
-
-Mailwright = Callable[..., subprocess.CompletedProcess[str]]
-RequireTool = Callable[[str], str]
-
-
-def require_tool(name: str) -> str:
-    """An outside tool; skip without it, fail if MAILWRIGHT_REQUIRE_TOOLS=1."""
-    path = shutil.which(name)
-    if path is None:
-        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{name} is not installed and MAILWRIGHT_REQUIRE_TOOLS=1")
-        pytest.skip(f"{name} is not installed")
-    return path
-
-
-def parse(data: bytes) -> EmailMessage:
-    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def wait_until(condition: Callable[[], bool], what: str, timeout: float = DELIVERY_TIMEOUT) -> None:
@@ -99,7 +77,7 @@ class Seed:
             return [
                 p
                 for p in self.maildir(server, alias)
-                if parse(p.read_bytes())["Message-ID"] == message_id
+                if parse_message(p.read_bytes())["Message-ID"] == message_id
             ]
 
         wait_until(lambda: bool(found()), f"{message_id} in {alias}'s mailbox")
@@ -108,7 +86,7 @@ class Seed:
 
     def report_for(self, server: str, alias: str, subject: str) -> EmailMessage:
         def found() -> list[EmailMessage]:
-            messages = [parse(p.read_bytes()) for p in self.maildir(server, alias)]
+            messages = [parse_message(p.read_bytes()) for p in self.maildir(server, alias)]
             return [m for m in messages if m["Subject"] == f"Undeliverable: {subject}"]
 
         wait_until(lambda: bool(found()), f"the report about {subject!r}")
@@ -141,7 +119,7 @@ def seed(
     """Both seed specs applied (the runtime left to the test) and the four hosts started; the
     conftest's start_host stops them by pid when the module ends."""
     state = tmp_path_factory.mktemp("seed-journey") / "state"
-    done = mailwright("apply", *map(str, SEED), "--state", str(state), "--auto-approve")
+    done = mailwright("apply", *map(str, SEED_SPECS), "--state", str(state), "--auto-approve")
     assert done.returncode == 0, done.stderr
     for server, organization in HOSTS.items():
         start_host(state / "artifacts" / "1" / organization / "hosts" / f"{server}.json", state)
@@ -234,7 +212,7 @@ def test_jane_to_mark_across_the_internet(seed: Seed, home: Path, tmp_path: Path
 
     # poplib: the message as Arlington's store serves it.
     [served] = [m for m in seed.retrieve("arlington", "mark") if message_id.encode() in m]
-    message = parse(served)
+    message = parse_message(served)
     assert message["Subject"] == subject
     assert message["From"] == "Jane Doe <jane@dcnw.com>"
     text = message.get_body(("plain",))
@@ -285,7 +263,7 @@ def test_mark_replies_and_jane_gets_it_the_same_way_back(seed: Seed) -> None:
     message_id = seed.send(MARK, JANE, subject, "--body", "Thanks, Jane. Looks good.\n")
     seed.wait_for("athena", "jane", message_id)
     [served] = [m for m in seed.retrieve("athena", "jane") if message_id.encode() in m]
-    message = parse(served)
+    message = parse_message(served)
     assert message["Subject"] == subject
     assert message["From"] == "Mark Minasi <mark@minasi.com>"
     text = message.get_body(("plain",))
@@ -311,7 +289,7 @@ def test_mark_replies_and_jane_gets_it_the_same_way_back(seed: Seed) -> None:
 def test_paula_gets_mail_but_not_over_pop3(seed: Seed) -> None:
     message_id = seed.send(JANE, "paula@minasi.com", "For Paula", "--body", "Hello Paula.\n")
     stored = seed.wait_for("arlington", "paula", message_id)
-    assert parse(stored.read_bytes())["Subject"] == "For Paula"
+    assert parse_message(stored.read_bytes())["Subject"] == "For Paula"
     client = poplib.POP3(*seed.endpoint("arlington", "pop3"), timeout=CLIENT_TIMEOUT)
     try:
         client.user("paula")

@@ -23,9 +23,7 @@ import pytest
 
 from mailwright.runtime.message import Address, InternalMessage, Recipient
 from mailwright.runtime.queue import MessageQueue, QueueEntry
-
-ROOT = Path(__file__).resolve().parents[2]
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
+from tests.helpers import EPOCH, MAILWRIGHT, SEED_DIR
 
 
 class Runtime:
@@ -33,10 +31,10 @@ class Runtime:
         self.folder = folder
         self.state = folder / "state"
         for spec in ("dcnw.yaml", "minasi.yaml"):
-            shutil.copy(ROOT / "examples" / "seed" / spec, folder / spec)
+            shutil.copy(SEED_DIR / spec, folder / spec)
 
     def run(self, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "MAILWRIGHT_RUNTIME": "on", "SOURCE_DATE_EPOCH": "1767225600"}
+        env = {**os.environ, "MAILWRIGHT_RUNTIME": "on", "SOURCE_DATE_EPOCH": EPOCH}
         return subprocess.run(
             [MAILWRIGHT, *args, "--state", str(self.state)],
             cwd=self.folder,

@@ -13,7 +13,6 @@ import json
 import poplib
 import ssl
 import subprocess
-import sys
 import threading
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import replace
@@ -33,10 +32,8 @@ from mailwright.runtime.pop3 import (
 )
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.tls import self_signed, server_context
+from tests.helpers import MAILWRIGHT, SEED_SPECS
 
-ROOT = Path(__file__).resolve().parents[2]
-SEED = [ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"]
-MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
 T = TypeVar("T")
@@ -54,7 +51,7 @@ def seed_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`mailwright compile` of the two seed organizations."""
     out = tmp_path_factory.mktemp("seed-artifacts")
     subprocess.run(
-        [MAILWRIGHT, "compile", *map(str, SEED), "--out", str(out)],
+        [MAILWRIGHT, "compile", *map(str, SEED_SPECS), "--out", str(out)],
         check=True,
         capture_output=True,
         timeout=60,

@@ -60,30 +60,18 @@ from mailwright.runtime.router import Router
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.transfer import endpoints_in
 from mailwright.schema import load_specs
+from tests.helpers import RequireTool
+from tests.helpers import parse_message as parse
+from tests.helpers import wait_until as wait_for
 
 HOST = "127.0.0.1"
 TIMEOUT = 10.0
 CLIENT_NAME = "client.example"
 T = TypeVar("T")
-RequireTool = Callable[[str], str]
 
 
 def run_on(loop: asyncio.AbstractEventLoop, coroutine: Coroutine[Any, Any, T]) -> T:
     return asyncio.run_coroutine_threadsafe(coroutine, loop).result(TIMEOUT)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
-
-
-def parse(data: bytes) -> EmailMessage:
-    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
-    assert isinstance(message, EmailMessage)
-    return message
 
 
 def free_port() -> int:

@@ -7,7 +7,6 @@ import datetime
 import email
 import email.policy
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -24,8 +23,9 @@ from mailwright.runtime.message import (
     decode,
     encode,
 )
+from tests.helpers import GOLDEN
 
-FIXTURE = Path(__file__).resolve().parents[1] / "golden" / "internal-message-v1.cbor"
+FIXTURE = GOLDEN / "internal-message-v1.cbor"
 WHEN = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
 
 

@@ -26,19 +26,14 @@ import pytest
 from mailwright.runtime.message import Address, Hop, InternalMessage, Recipient, encode
 from mailwright.runtime.mta import MAX_HOPS
 from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from tests.helpers import SEED_SPECS, Endpoint, Mailwright, Messages, WaitUntil
 
-ROOT = Path(__file__).resolve().parents[2]
-SEED_SPECS = [ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"]
 JANE = "jane@dcnw.com"
 PAT = "pat@dcnw.com"
 PASSWORDS = {"jane": "demo-jane", "pat": "demo-pat"}  # examples/seed/README.md
 DELIVERY_TIMEOUT = 15.0
 
-Mailwright = Callable[..., subprocess.CompletedProcess[str]]
-Messages = Callable[[Path, str, str], list[EmailMessage]]
 Pop3Messages = Callable[[Path, str, str, str], list[EmailMessage]]
-WaitUntil = Callable[[Callable[[], bool], float, str], None]
-Endpoint = Callable[[Path, str, str], tuple[str, int]]
 
 
 def by_id(messages: list[EmailMessage], message_id: str) -> list[EmailMessage]:

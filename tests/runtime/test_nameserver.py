@@ -15,14 +15,13 @@ import pytest
 from mailwright.compiler.build import compile_specs
 from mailwright.runtime.nameserver import Authority, NameServer, load_zones
 from mailwright.schema import load_specs
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import SEED_SPECS
 
 
 @pytest.fixture(scope="module")
 def zone_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     out = tmp_path_factory.mktemp("build")
-    specs = load_specs([ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"])
+    specs = load_specs(SEED_SPECS)
     compile_specs(specs, out)
     return sorted(out.glob("*/zones/*.zone"))
 

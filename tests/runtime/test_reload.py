@@ -30,9 +30,8 @@ from mailwright.runtime.pop3 import Pop3Accounts, accounts_from_host
 from mailwright.runtime.router import Router
 from mailwright.runtime.store import MailStore
 from mailwright.runtime.transfer import endpoints_in
+from tests.helpers import SEED_DIR, Process
 
-ROOT = Path(__file__).resolve().parents[2]
-Process = subprocess.Popen[str]
 Change = Callable[[dict[str, Any]], None]
 
 
@@ -213,7 +212,7 @@ def applied(
 ) -> tuple[Path, Path]:
     """Minasi of the seed applied (runtime off; the tests run Arlington): its spec, its state."""
     spec = tmp_path / "minasi.yaml"
-    shutil.copy(ROOT / "examples/seed/minasi.yaml", spec)
+    shutil.copy(SEED_DIR / "minasi.yaml", spec)
     state = tmp_path / "state"
     done = mailwright("apply", str(spec), "--state", str(state), "--auto-approve")
     assert done.returncode == 0, done.stderr

@@ -10,16 +10,13 @@ from mailwright.compiler.build import compile_specs
 from mailwright.runtime.contract import read_host_config
 from mailwright.runtime.router import Decision, Disposition, Router
 from mailwright.schema import load_specs
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import SEED_SPECS
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("build")
-    compile_specs(
-        load_specs([ROOT / "examples/seed/dcnw.yaml", ROOT / "examples/seed/minasi.yaml"]), out
-    )
+    compile_specs(load_specs(SEED_SPECS), out)
     return out
 
 

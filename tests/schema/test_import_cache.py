@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 
 from mailwright.schema import LoadedSpec, SpecError, check_specs, load_specs
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import ROOT
 
 
 @pytest.fixture
 def contoso(tmp_path: Path) -> Path:
     """The multi-site example (two CSV imports) in a folder of its own."""
-    shutil.copytree(REPO / "examples" / "multisite", tmp_path / "multisite")
+    shutil.copytree(ROOT / "examples" / "multisite", tmp_path / "multisite")
     return tmp_path / "multisite" / "contoso.yaml"
 
 

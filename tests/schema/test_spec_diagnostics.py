@@ -9,23 +9,24 @@ review the diff.
 
 from __future__ import annotations
 
-import difflib
 import functools
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
-MAILWRIGHT = Path(sys.executable).parent / "mailwright"
-REGENERATE = os.environ.get("MAILWRIGHT_REGEN_GOLDEN") == "1"
+from tests.helpers import (
+    DIAGNOSTIC_CASES,
+    REGENERATE_GOLDEN,
+    ROOT,
+    assert_golden,
+    run_mailwright,
+)
+
 DIAGNOSTIC = re.compile(r"^(.+?):(\d+):(\d+): (error|warning): ")
-CASES = sorted(p for p in GOLDEN.iterdir() if p.suffix == ".yaml" or p.is_dir())
+CASES = sorted(p for p in DIAGNOSTIC_CASES.iterdir() if p.suffix == ".yaml" or p.is_dir())
 # Plaintext passwords the fixtures hold by mistake: no output may repeat them.
 PLAINTEXTS = {
     "plaintext_password.yaml": ["Tr0ub4dor&3-plaintext"],
@@ -35,32 +36,13 @@ PLAINTEXTS = {
 
 def spec_arguments(case: Path) -> list[str]:
     specs = sorted(case.glob("*.yaml")) if case.is_dir() else [case]
-    return [str(spec.relative_to(REPO)) for spec in specs]
-
-
-def plain_environment() -> dict[str, str]:
-    """The caller's environment without anything that would make rich print colours."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in {"FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
-    }
-    env["NO_COLOR"] = "1"
-    return env
+    return [str(spec.relative_to(ROOT)) for spec in specs]
 
 
 @functools.cache
 def validate(*arguments: str) -> subprocess.CompletedProcess[str]:
     # Cached: each case's output serves several tests.
-    return subprocess.run(
-        [str(MAILWRIGHT), "validate", *arguments],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=plain_environment(),
-        timeout=120,
-        check=False,
-    )
+    return run_mailwright("validate", *arguments)
 
 
 def positions(output: str) -> list[tuple[str, int, int]]:
@@ -75,18 +57,7 @@ def positions(output: str) -> list[tuple[str, int, int]]:
 def test_validate_prints_the_expected_diagnostics(case: Path) -> None:
     result = validate(*spec_arguments(case))
     assert result.stderr == "", result.stderr
-    expected_file = GOLDEN / f"{case.stem}.expected"
-    if REGENERATE:
-        expected_file.write_text(result.stdout, encoding="utf-8")
-    expected = expected_file.read_text(encoding="utf-8")
-    if result.stdout != expected:
-        diff = difflib.unified_diff(
-            expected.splitlines(keepends=True),
-            result.stdout.splitlines(keepends=True),
-            str(expected_file.relative_to(REPO)),
-            "mailwright validate",
-        )
-        pytest.fail("output differs from the golden file:\n" + "".join(diff))
+    assert_golden(DIAGNOSTIC_CASES / f"{case.stem}.expected", result.stdout, "mailwright validate")
     has_errors = any(": error: " in line for line in result.stdout.splitlines())
     assert result.returncode == (1 if has_errors else 0)
 
@@ -102,16 +73,16 @@ def test_diagnostics_are_sorted_by_position_and_never_a_traceback(case: Path) ->
 
 def test_every_expected_file_belongs_to_a_case() -> None:
     stems = {case.stem for case in CASES}
-    orphans = [p.name for p in GOLDEN.glob("*.expected") if p.stem not in stems]
+    orphans = [p.name for p in DIAGNOSTIC_CASES.glob("*.expected") if p.stem not in stems]
     assert orphans == []
-    if not REGENERATE:
-        assert all((GOLDEN / f"{stem}.expected").is_file() for stem in stems)
+    if not REGENERATE_GOLDEN:
+        assert all((DIAGNOSTIC_CASES / f"{stem}.expected").is_file() for stem in stems)
 
 
 @pytest.mark.parametrize("output", ["text", "json", "github"])
 @pytest.mark.parametrize("fixture", sorted(PLAINTEXTS))
 def test_a_plaintext_password_never_appears_in_any_output(fixture: str, output: str) -> None:
-    result = validate("--format", output, *spec_arguments(GOLDEN / fixture))
+    result = validate("--format", output, *spec_arguments(DIAGNOSTIC_CASES / fixture))
     assert result.returncode == 1, result.stderr
     assert "hash-password" in result.stdout
     for plaintext in PLAINTEXTS[fixture]:
@@ -119,7 +90,7 @@ def test_a_plaintext_password_never_appears_in_any_output(fixture: str, output: 
 
 
 def test_json_output_holds_the_same_diagnostics_as_the_text() -> None:
-    arguments = spec_arguments(GOLDEN / "proxy_collision.yaml")
+    arguments = spec_arguments(DIAGNOSTIC_CASES / "proxy_collision.yaml")
     text, document = validate(*arguments), validate("--format", "json", *arguments)
     diagnostics = json.loads(document.stdout)["diagnostics"]
     assert [

@@ -8,11 +8,12 @@ import pytest
 
 from mailwright.schema.fmt import format_spec
 from mailwright.schema.yamlsource import YamlSyntaxError, parse_yaml
+from tests.helpers import ROOT
 
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).
 EXAMPLES = sorted(
     p
-    for p in (Path(__file__).resolve().parents[2] / "examples").rglob("*.yaml")
+    for p in (ROOT / "examples").rglob("*.yaml")
     if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
 )
 

@@ -12,16 +12,16 @@ import pytest
 import yaml
 
 from mailwright.schema.jsonschema import spec_json_schema, spec_json_schema_text
+from tests.helpers import DIAGNOSTIC_CASES, ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).
 EXAMPLES = sorted(
     p
-    for p in (REPO / "examples").rglob("*.yaml")
+    for p in (ROOT / "examples").rglob("*.yaml")
     if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
 )
-COMMITTED = REPO / "schema" / "mailwright.schema.json"
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
+
+COMMITTED = ROOT / "schema" / "mailwright.schema.json"
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,7 @@ def test_the_schema_refuses_unknown_keys_and_bad_enums(
     validator: jsonschema.Draft202012Validator,
 ) -> None:
     for name in ("unknown_key.yaml", "bad_enum.yaml", "cost_range.yaml", "missing_key.yaml"):
-        document = yaml.safe_load((GOLDEN / name).read_text(encoding="utf-8"))
+        document = yaml.safe_load((DIAGNOSTIC_CASES / name).read_text(encoding="utf-8"))
         assert errors(validator, document), name
 
 

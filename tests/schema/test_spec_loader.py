@@ -10,15 +10,14 @@ import pytest
 from mailwright.runtime.routing import AddressType
 from mailwright.schema import Severity, SpecError, check_specs, load_spec, load_specs
 from mailwright.schema.addressing import check_address
+from tests.helpers import DIAGNOSTIC_CASES, ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).
 EXAMPLES = sorted(
     p
-    for p in (REPO / "examples").rglob("*.yaml")
+    for p in (ROOT / "examples").rglob("*.yaml")
     if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
 )
-GOLDEN = Path(__file__).resolve().parent / "fixtures" / "golden"
 
 
 def test_the_examples_load_together_without_diagnostics() -> None:
@@ -41,7 +40,7 @@ def test_every_mailbox_gets_valid_primary_addresses_of_each_type(example: Path) 
 
 def test_imported_mailboxes_come_after_the_spec_own(tmp_path: Path) -> None:
     for name in ("csv_home_server.yaml", "csv_home_server.csv"):
-        shutil.copy(GOLDEN / name, tmp_path / name)
+        shutil.copy(DIAGNOSTIC_CASES / name, tmp_path / name)
     csv = tmp_path / "csv_home_server.csv"
     # Keep only the row that is valid: bob without his stolen address.
     header, bob, *_ = csv.read_text().splitlines()
@@ -54,7 +53,7 @@ def test_imported_mailboxes_come_after_the_spec_own(tmp_path: Path) -> None:
 
 def test_spec_error_holds_every_diagnostic_sorted() -> None:
     with pytest.raises(SpecError) as raised:
-        load_spec(GOLDEN / "wrong_type.yaml")
+        load_spec(DIAGNOSTIC_CASES / "wrong_type.yaml")
     diagnostics = raised.value.diagnostics
     assert len(diagnostics) == 10
     assert diagnostics == sorted(diagnostics, key=lambda d: d.sort_key())
@@ -64,16 +63,16 @@ def test_spec_error_holds_every_diagnostic_sorted() -> None:
 
 def test_related_places_are_named_in_the_message() -> None:
     with pytest.raises(SpecError) as raised:
-        load_spec(GOLDEN / "proxy_collision.yaml")
+        load_spec(DIAGNOSTIC_CASES / "proxy_collision.yaml")
     first = raised.value.diagnostics[0]
     assert first.code == "duplicate-address"
     assert (first.position.line, first.position.column) == (26, 47)
-    assert first.message.endswith(f"(at {GOLDEN / 'proxy_collision.yaml'}:16:12)")
+    assert first.message.endswith(f"(at {DIAGNOSTIC_CASES / 'proxy_collision.yaml'}:16:12)")
 
 
 def test_a_plaintext_password_is_not_repeated_anywhere() -> None:
     with pytest.raises(SpecError) as raised:
-        load_spec(GOLDEN / "plaintext_password.yaml")
+        load_spec(DIAGNOSTIC_CASES / "plaintext_password.yaml")
     error = raised.value
     assert "Tr0ub4dor" not in str(error) + repr(error.diagnostics)
     assert all(d.code == "invalid-value" for d in error.diagnostics)
@@ -86,7 +85,7 @@ def test_a_password_hash_is_kept_out_of_reprs() -> None:
 
 
 def test_warnings_alone_leave_a_spec_loadable() -> None:
-    [loaded] = load_specs([GOLDEN / "no_inbound_ims.yaml"])
+    [loaded] = load_specs([DIAGNOSTIC_CASES / "no_inbound_ims.yaml"])
     assert {w.severity for w in loaded.warnings} == {Severity.WARNING}
     assert [w.code for w in loaded.warnings] == [
         "no-inbound-ims",
@@ -106,21 +105,21 @@ def test_a_missing_spec_is_a_diagnostic_not_an_exception(tmp_path: Path) -> None
 
 
 def test_the_valid_specs_load_even_when_another_fails() -> None:
-    loaded, diagnostics = check_specs([EXAMPLES[0], GOLDEN / "missing_key.yaml"])
+    loaded, diagnostics = check_specs([EXAMPLES[0], DIAGNOSTIC_CASES / "missing_key.yaml"])
     assert [spec.path for spec in loaded] == [EXAMPLES[0]]
-    assert {d.position.file for d in diagnostics} == {str(GOLDEN / "missing_key.yaml")}
+    assert {d.position.file for d in diagnostics} == {str(DIAGNOSTIC_CASES / "missing_key.yaml")}
 
 
 def test_a_spec_named_twice_is_loaded_once(tmp_path: Path) -> None:
     spec = tmp_path / "acme.yaml"
-    shutil.copy(GOLDEN / "fqdn_external.yaml", spec)
+    shutil.copy(DIAGNOSTIC_CASES / "fqdn_external.yaml", spec)
     loaded, diagnostics = check_specs([spec, tmp_path / "." / "acme.yaml", spec])
     assert diagnostics == []
     assert [s.path for s in loaded] == [spec]
 
 
 def test_organizations_validated_together_must_not_clash() -> None:
-    specs = sorted((GOLDEN / "clash_domain").glob("*.yaml"))
+    specs = sorted((DIAGNOSTIC_CASES / "clash_domain").glob("*.yaml"))
     with pytest.raises(SpecError) as raised:
         load_specs(specs)
     clashes = raised.value.diagnostics

@@ -40,12 +40,12 @@ from mailwright.schema.recipients import (
     smtp_template,
 )
 from mailwright.schema.yamlsource import YamlSyntaxError, parse_yaml
+from tests.helpers import ROOT
 
-REPO = Path(__file__).resolve().parents[2]
 # The organization specs among examples/ (which also holds other YAML, such as CI configs).
 EXAMPLES = sorted(
     p
-    for p in (REPO / "examples").rglob("*.yaml")
+    for p in (ROOT / "examples").rglob("*.yaml")
     if "\norganization:" in "\n" + p.read_text(encoding="utf-8")
 )
 HASH = (
@@ -66,6 +66,7 @@ template_pieces = st.one_of(
     st.builds("%r{}{}".format, st.characters(), st.characters()),
     st.text(alphabet=st.characters(blacklist_characters="%@"), max_size=6),
 )
+
 local_templates = st.lists(template_pieces, max_size=8).map("".join)
 templates = st.builds(
     "{}{}".format,

@@ -1,0 +1,155 @@
+"""What the test modules share: paths, type aliases, waiting, outside tools and golden files.
+
+`tests/` is a package, so a test module imports these (`from tests.helpers import ROOT`) instead
+of defining them again. pytest imports the tests with `--import-mode=importlib` and never puts
+the repository on sys.path, so `mailwright` is always the installed package, never the folders.
+
+Golden files: `assert_golden` and `assert_golden_tree` compare produced output with a file
+stored once under tests/golden (or beside a schema case); after a deliberate change, run the
+tests with MAILWRIGHT_REGEN_GOLDEN=1 to rewrite the files, then review `git diff`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import email.parser
+import email.policy
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from email.message import EmailMessage
+from pathlib import Path
+
+import pytest
+
+# --- paths ----------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SEED_DIR = EXAMPLES / "seed"
+SEED_FILES = ("dcnw.yaml", "minasi.yaml")
+SEED_SPECS = [SEED_DIR / name for name in SEED_FILES]
+CONTOSO = EXAMPLES / "multisite" / "contoso.yaml"
+GOLDEN = ROOT / "tests" / "golden"
+# Specs with the exact diagnostics `mailwright validate` prints for them (NAME.expected).
+DIAGNOSTIC_CASES = ROOT / "tests" / "schema" / "fixtures" / "golden"
+# The `mailwright` script of the environment that runs the tests.
+MAILWRIGHT = str(Path(sys.executable).with_name("mailwright"))
+EPOCH = "1767225600"  # SOURCE_DATE_EPOCH 2026-01-01: fixed zone serials
+LOOPBACK = "127.0.0.1"
+
+# --- what the fixtures of tests/conftest.py hand out ------------------------------------------
+
+Process = subprocess.Popen[str]
+Mailwright = Callable[..., subprocess.CompletedProcess[str]]
+WaitUntil = Callable[[Callable[[], bool], float, str], None]
+Endpoint = Callable[[Path, str, str], tuple[str, int]]
+Messages = Callable[[Path, str, str], list[EmailMessage]]
+RequireTool = Callable[[str], str]
+
+
+# --- running the CLI, waiting and parsing ---------------------------------------------------
+
+
+def plain_environment() -> dict[str, str]:
+    """The caller's environment without anything that would make rich print colours."""
+    colours = {"FORCE_COLOR", "CLICOLOR_FORCE", "TTY_COMPATIBLE", "TTY_INTERACTIVE"}
+    return {**{k: v for k, v in os.environ.items() if k not in colours}, "NO_COLOR": "1"}
+
+
+def run_mailwright(*arguments: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`mailwright ARGUMENTS` run in `cwd` without colours: exit code, stdout and stderr."""
+    return subprocess.run(
+        [MAILWRIGHT, *arguments],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=plain_environment(),
+        timeout=120,
+        check=False,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(0.05)
+
+
+def parse_message(data: bytes) -> EmailMessage:
+    message = email.parser.BytesParser(policy=email.policy.default).parsebytes(data)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def require_tool(name: str, package: str = "") -> str:
+    """The path of an outside tool; skip without it, fail if MAILWRIGHT_REQUIRE_TOOLS=1."""
+    path = shutil.which(name)
+    if path is None:
+        hint = f" ({package})" if package else ""
+        if os.environ.get("MAILWRIGHT_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is not installed and MAILWRIGHT_REQUIRE_TOOLS=1{hint}")
+        pytest.skip(f"{name} is not installed{hint}")
+    return path
+
+
+# --- golden files ---------------------------------------------------------------------------
+
+# The one switch: MAILWRIGHT_REGEN_GOLDEN=1 rewrites every golden file the run compares.
+REGENERATE_GOLDEN = os.environ.get("MAILWRIGHT_REGEN_GOLDEN") == "1"
+
+
+def assert_golden(path: Path, produced: str | bytes, produced_by: str = "produced") -> None:
+    """`produced` is byte for byte the golden file `path`; else fail with a unified diff."""
+    data = produced.encode() if isinstance(produced, str) else produced
+    if REGENERATE_GOLDEN:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    expected = path.read_bytes()
+    if data == expected:
+        return
+    diff = difflib.unified_diff(
+        expected.decode(errors="replace").splitlines(keepends=True),
+        data.decode(errors="replace").splitlines(keepends=True),
+        _shown(path),
+        produced_by,
+    )
+    pytest.fail(
+        "output differs from the golden file:\n"
+        + "".join(diff)
+        + "\n(MAILWRIGHT_REGEN_GOLDEN=1 rewrites the golden files; review the diff)"
+    )
+
+
+def assert_golden_tree(
+    folder: Path, produced: Mapping[str, str | bytes], produced_by: str = "produced"
+) -> None:
+    """Every file below `folder` is one of `produced` (relative path -> content) and the
+    same; regenerating also removes the files nothing produces any more."""
+    if REGENERATE_GOLDEN:
+        for stale in set(tree(folder)) - set(produced):
+            (folder / stale).unlink()
+        for name, content in produced.items():
+            assert_golden(folder / name, content)
+    assert sorted(produced) == sorted(tree(folder))
+    for name, content in sorted(produced.items()):
+        assert_golden(folder / name, content, f"{produced_by}/{name}")
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file below `root` by its relative path (as text with `/`), with its content."""
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
