@@ -402,4 +402,3 @@ class MailStore:
         with self._lock:
             if (mailbox := self._mailboxes.get(alias)) is not None:
                 mailbox.reopen()
-
