@@ -2,10 +2,10 @@
 
 Acme's Ann lives on alpha with 500 messages (some read: in cur/ with flags). Her home_server
 becomes beta; the plan says how much mail moves; after the apply the hosts reload and alpha
-sends her mail to beta in MOVE frames while Al keeps submitting mail to her on alpha. At the
-end every message is at beta exactly once, under its own file name (so its POP3 UIDL and its
-flags stay), alpha holds nothing of Ann's, and every acknowledged new message was delivered
-once. The same with alpha or beta killed (kill -9) in the middle of the move and started again.
+sends her mail to beta in MOVE frames while an SMTP client (smtplib) keeps sending mail to her
+through alpha's IMS. At the end every message is at beta exactly once, under its own file name
+(so its POP3 UIDL and its flags stay), alpha holds nothing of Ann's, and every acknowledged new
+message was delivered once. The same with alpha or beta killed (kill -9) in the middle of the move and started again.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import asyncio
 import os
 import poplib
 import signal
+import smtplib
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,7 @@ import pytest
 
 from mailwright.runtime.message import Address, Recipient, encode, new_message
 from mailwright.runtime.store import MailStore, message_uid
-from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from mailwright.runtime.transfer import recipients_payload, send_frame
 from tests.helpers import Endpoint, Mailwright, Process, WaitUntil
 
 SEEDED = 500
@@ -39,7 +41,7 @@ sites:
       x400: {{country: US, admd: " ", prmd: ACME}}
       msmail: {{network: ACME, postoffice: MAIN}}
     servers:
-      - {{name: alpha, fqdn: alpha.acme.test, ipv4: 10.9.0.1, roles: [store]}}
+      - {{name: alpha, fqdn: alpha.acme.test, ipv4: 10.9.0.1, roles: [store, ims]}}
       - {{name: beta, fqdn: beta.acme.test, ipv4: 10.9.0.2, roles: [store]}}
 mailboxes:
   - {{alias: {ann}, home_server: {ann_home}, password: "{hash}", given_name: Ann, surname: A{was}}}
@@ -78,8 +80,8 @@ def seed_mailbox(state: Path, count: int) -> Files:
 
 
 class Sender(threading.Thread):
-    """Al submits mail to Ann on alpha until told to stop; `acknowledged` holds the ids alpha
-    answered 250 for."""
+    """An SMTP client (smtplib) on the internet sends mail to Ann through alpha's IMS until told
+    to stop; `acknowledged` holds the Message-IDs alpha answered 250 for."""
 
     def __init__(self, state: Path, endpoint: Endpoint) -> None:
         super().__init__(daemon=True)
@@ -88,20 +90,17 @@ class Sender(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
-        asyncio.run(self._send())
-
-    async def _send(self) -> None:
         while not self.stopping.is_set():
-            message_id, document = submission("ann@acme.test")
+            message_id = f"<during-{len(self.acknowledged)}@example.org>"
+            text = f"Message-ID: {message_id}\r\nSubject: during the move\r\n\r\nhello\r\n"
             try:
-                await send_frame(
-                    *self.endpoint(self.state, "alpha", "transfer"), "SUBMIT", document
-                )
-            except (TransferError, OSError):
-                await asyncio.sleep(0.05)  # alpha is down (killed): no 250, nothing owed
+                with smtplib.SMTP(*self.endpoint(self.state, "alpha", "smtp"), timeout=10) as smtp:
+                    smtp.sendmail("someone@example.org", ["ann@acme.test"], text)
+            except (smtplib.SMTPException, OSError):
+                time.sleep(0.05)  # alpha is down (killed): no 250, nothing owed
                 continue
             self.acknowledged.append(message_id)
-            await asyncio.sleep(0.01)
+            time.sleep(0.01)
 
 
 def submission(to: str) -> tuple[str, dict[str, object]]:
