@@ -235,7 +235,7 @@ def _organization_resources(
     if aliases is None or aliases:
         gal = _gal(files) if gal is None else gal
         for alias in sorted(gal.keys() if aliases is None else aliases & gal.keys()):
-            yield from _recipient(organization, orjson.loads(gal[alias]), hosts.passwords)
+            yield _mailbox(organization, orjson.loads(gal[alias]), hosts.passwords)
     if "gwart.json" in names and "gwart.json" in files:
         yield from _routes(organization, files["gwart.json"])
     for name in sorted(names & set(files)):
@@ -244,12 +244,6 @@ def _organization_resources(
             yield from _zone_resources(organization, origin, files[name])
         elif name.startswith("hosts/"):
             yield hosts.resources[name]
-
-
-def _recipient(
-    organization: str, entry: dict[str, Any], passwords: dict[str, str]
-) -> Iterable[Resource]:
-    yield _mailbox(organization, entry, passwords)
 
 
 def _routes(organization: str, text: str) -> Iterable[Resource]:
