@@ -5,7 +5,8 @@ becomes beta; the plan says how much mail moves; after the apply the hosts reloa
 sends her mail to beta in MOVE frames while an SMTP client (smtplib) keeps sending mail to her
 through alpha's IMS. At the end every message is at beta exactly once, under its own file name
 (so its POP3 UIDL and its flags stay), alpha holds nothing of Ann's, and every acknowledged new
-message was delivered once. The same with alpha or beta killed (kill -9) in the middle of the move and started again.
+message was delivered once. The same with alpha or beta killed (kill -9) in the middle of the
+move and started again.
 """
 
 from __future__ import annotations
