@@ -36,7 +36,10 @@ from mailwright.compiler.route import RouteError, explain_route
 from mailwright.compiler.route_report import render_route, render_route_json
 from mailwright.compiler.state import DEFAULT_STATE_DIR, StateDir, StateError
 from mailwright.compiler.zones import ZoneError, zone_diagnostics
-from mailwright.runtime import launcher
+from mailwright.runtime.mta import tracking
+from mailwright.runtime.submit import Submission, SubmitError, submit
+from mailwright.runtime.targets import LaunchError
+from mailwright.runtime.targets import local as launcher
 from mailwright.schema import Diagnostic, LoadedSpec, Severity, check_specs
 from mailwright.schema.diagnostics import sorted_diagnostics
 from mailwright.schema.fmt import format_spec
@@ -361,7 +364,7 @@ def apply_command(
             with _progress() as progress:
                 applied = apply(prepared, state_dir, progress)
                 moving = _wait_for_moves(prepared.plan, state_dir, progress)
-    except (StateError, UnsafePlanError, ZoneError, launcher.LaunchError) as exc:
+    except (StateError, UnsafePlanError, ZoneError, LaunchError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     if moving:
@@ -501,10 +504,10 @@ def send(
         if password_env
         else typer.prompt("Password", hide_input=True)
     )
-    submission = launcher.Submission(sender, password, to, cc or [], subject, text, attach or [])
+    submission = Submission(sender, password, to, cc or [], subject, text, attach or [])
     try:
-        message_id = launcher.submit(state, submission)
-    except launcher.SubmitError as exc:
+        message_id = submit(state, submission)
+    except SubmitError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(1) from None
     print(message_id)
@@ -526,7 +529,7 @@ def track(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Show a message's whole path across the hosts, from their tracking logs."""
-    events = launcher.track(state, message_id)
+    events = tracking.track(state, message_id)
     if not events:
         err.print(f"error: no host has seen {message_id}", markup=False)
         raise typer.Exit(1)
