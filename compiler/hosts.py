@@ -3,7 +3,7 @@ written through the runtime's host contract (runtime/contract.py)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mailwright.compiler.gal import GalEntry, pop3_row
 from mailwright.compiler.inheritance import server_pop3
@@ -43,15 +43,6 @@ class HostContext:
     loaded: LoadedSpec
     homed: dict[str, list[GalEntry]]  # home server -> its recipients
     shared: list[str]  # the organization-wide artifacts the hosts read too
-    resolvers: list[str] = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.resolvers = sorted(
-            str(s.ipv4)
-            for site in self.loaded.spec.sites
-            for s in site.servers
-            if Role.DNS in s.roles
-        )
 
 
 def host_config(context: HostContext, site: Site, server: Server) -> contract.HostConfig:
@@ -65,7 +56,7 @@ def host_config(context: HostContext, site: Site, server: Server) -> contract.Ho
         mailboxes=tuple(contract.Mailbox(e.row, e.mailbox.password) for e in homed),
         ims=_ims(server),
         tls=_tls(context.loaded, server),
-        resolvers=tuple(context.resolvers),
+        resolvers=tuple(str(r) for r in server.resolvers),
         shared=tuple(context.shared),
     )
 

@@ -281,7 +281,7 @@ class HostConfig:
     mailboxes: tuple[Mailbox, ...]  # those homed here
     ims: ImsSettings | None  # for a server with the ims role
     tls: TlsFiles | None  # None: a self-signed certificate made at first start
-    resolvers: tuple[str, ...]  # the organization's DNS servers
+    resolvers: tuple[str, ...]  # the DNS resolvers the spec names for the server; () the system's
     shared: tuple[str, ...]  # the organization's artifacts the host reads too
 
     @property
@@ -328,6 +328,59 @@ class HostConfig:
             "dns": {"resolvers": self.resolvers},
             "shared": self.shared,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class LocalAddress:
+    """Where a server of the spec listens in a runtime that does not give it its spec ipv4."""
+
+    address: str
+    ports: Mapping[str, int]  # service -> port
+
+
+@dataclass(frozen=True, slots=True)
+class AddressMap:
+    """The local runtime's explicit address map, handed to every host in its bundle
+    (`addresses.json`): each applied server's spec ipv4 -> the loopback address and ports it
+    really listens on, and the runtime's own DNS servers. A bundle without one runs where the
+    spec puts it: peers at their `servers.json` ipv4 and ports, the spec's resolvers."""
+
+    hosts: Mapping[str, LocalAddress]  # spec ipv4 -> where it listens
+    resolvers: tuple[str, ...]  # "address:port" of the runtime's DNS servers
+
+    @classmethod
+    def from_json(cls, data: Json) -> AddressMap:
+        return cls(
+            {ip: LocalAddress(h["address"], h["ports"]) for ip, h in data["hosts"].items()},
+            tuple(data["resolvers"]),
+        )
+
+    def as_json(self) -> Json:
+        return {
+            "hosts": {ip: dataclasses.asdict(h) for ip, h in sorted(self.hosts.items())},
+            "resolvers": self.resolvers,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class BundleManifest:
+    """`bundle.json`: which server a bundle runs, and the applied serial it was made of (None
+    for a bundle made by hand outside any serial). Written last: a folder without it is not a
+    bundle yet."""
+
+    organization: str
+    server: str
+    serial: int | None
+
+    @classmethod
+    def from_json(cls, data: Json) -> BundleManifest:
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise _FormatError(version)
+        return cls(data["organization"], data["server"], data["serial"])
+
+    def as_json(self) -> Json:
+        return {"format_version": FORMAT_VERSION, **dataclasses.asdict(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,3 +431,11 @@ def read_gal(path: Path) -> tuple[Recipient, ...]:
 
 def read_gwart(path: Path) -> tuple[Route, ...]:
     return _read(path, "GWART", lambda data: tuple(map(Route.from_json, data["routes"])))
+
+
+def read_address_map(path: Path) -> AddressMap:
+    return _read(path, "address map", AddressMap.from_json)
+
+
+def read_bundle_manifest(path: Path) -> BundleManifest:
+    return _read(path, "bundle", BundleManifest.from_json)

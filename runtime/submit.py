@@ -16,7 +16,6 @@ from mailwright.runtime.contract import read_gal
 from mailwright.runtime.formats.message import Address, Attachment, Recipient, encode, new_message
 from mailwright.runtime.mta.transfer import (
     TransferError,
-    endpoints_in,
     recipients_payload,
     send_frame,
 )
@@ -74,7 +73,7 @@ def submit(state_dir: Path, submission: Submission) -> str:
     """Submit in the internal format to the sender's home server (the seed's step 1);
     returns the message id once the home server's queue holds it."""
     organization, home, alias, display_name, address = _home_of(state_dir, submission.sender)
-    endpoint = endpoints_in(state_dir)(home)
+    endpoint = _transfer_address(state_dir, home)
     if endpoint is None:
         raise SubmitError(f"{organization}'s server {home} is not running")
     try:
@@ -110,3 +109,14 @@ def submit(state_dir: Path, submission: Submission) -> str:
     except TransferError as exc:
         raise SubmitError(f"{home} refused the message: {exc}") from None
     return message.message_id
+
+
+def _transfer_address(state_dir: Path, server: str) -> tuple[str, int] | None:
+    """Where the local runtime's host listens for transfer, as it reported it once listening
+    (`endpoints.json` in its data folder, which the supervisor's status shows too)."""
+    try:
+        services = json.loads((state_dir / "hosts" / server / "endpoints.json").read_bytes())
+        address, _, port = services["transfer"].rpartition(":")
+        return address, int(port)
+    except (OSError, ValueError, KeyError):
+        return None

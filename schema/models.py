@@ -255,6 +255,9 @@ class Server(StrictModel):
     protocols: ProtocolOverrides = ProtocolOverrides()
     ims: ImsConnector | None = None
     tls: TlsFiles | None = None
+    # The DNS resolvers the server's IMS asks for MX and A records (port 53); none: the
+    # resolvers of the machine it runs on (its /etc/resolv.conf).
+    resolvers: tuple[IPv4Address, ...] = ()
 
     @field_validator("roles")
     @classmethod

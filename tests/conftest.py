@@ -1,6 +1,7 @@
 """Real mailwright host processes for the tests that run them (tests/runtime, tests/e2e).
 
-A host is `python -m mailwright.runtime.host` on 127.0.0.1 with ephemeral ports, started with
+A host is `python -m mailwright.runtime.host` run from its bundle (tests/helpers.py
+host_bundle: each host of the compiled tree on a loopback address of its own), started with
 subprocess.Popen and stopped by its pid (SIGTERM, then SIGKILL) when the test module ends. Its
 stderr goes to `<state>/hosts/<server>/stderr.log`, so a failure can show what the host said.
 Outside tools (curl, swaks, Postfix's smtp-source) are found with `require_tool`, for every test
@@ -17,7 +18,6 @@ import select
 import signal
 import smtplib
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import (
-    LOOPBACK,
     MAILWRIGHT,
     Endpoint,
     Mailwright,
@@ -34,6 +33,7 @@ from tests.helpers import (
     Process,
     RequireTool,
     WaitUntil,
+    host_command,
     parse_message,
     require_tool,
     wait_until,
@@ -54,20 +54,7 @@ def _start(config: Path, state: Path) -> Process:
     log = _stderr_log(config, state)
     with open(log, "a", encoding="utf-8") as stderr:
         process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "mailwright.runtime.host", str(config)),
-                *("--state", str(state), "--bind", LOOPBACK),
-                *(
-                    "--pop3-port",
-                    "0",
-                    "--transfer-port",
-                    "0",
-                    "--smtp-port",
-                    "0",
-                    "--dns-port",
-                    "0",
-                ),
-            ],
+            host_command(config, state),
             stdout=subprocess.PIPE,
             stderr=stderr,
             text=True,

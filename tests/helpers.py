@@ -14,6 +14,8 @@ from __future__ import annotations
 import difflib
 import email.parser
 import email.policy
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -24,6 +26,10 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
+
+from mailwright.runtime.bundle import write_bundle
+from mailwright.runtime.contract import UNPRIVILEGED_PORTS
+from mailwright.runtime.discovery import local_addresses
 
 # --- paths ----------------------------------------------------------------------------------
 
@@ -49,6 +55,45 @@ WaitUntil = Callable[[Callable[[], bool], float, str], None]
 Endpoint = Callable[[Path, str, str], tuple[str, int]]
 Messages = Callable[[Path, str, str], list[EmailMessage]]
 RequireTool = Callable[[str], str]
+
+
+# --- hosts from bundles ---------------------------------------------------------------------
+
+
+def host_bundle(config: Path, state: Path, serial: int | None = None) -> tuple[Path, Path, str]:
+    """The bundle of a compiled host config (`<tree>/<ORG>/hosts/<server>.json`), as the local
+    supervisor makes it: an address map gives every host of the tree a loopback address of its
+    own, in a block of 127.0.0.0/8 picked by the state directory's path (so that test runs side
+    by side do not meet), its services on the unprivileged ports. (bundle, data folder, the
+    host's address.)"""
+    tree, organization, server = config.parents[2], config.parents[1].name, config.stem
+    names = sorted(f"{h.parents[1].name}/{h.stem}" for h in tree.glob("*/hosts/*.json"))
+    digest = hashlib.sha256(str(state.resolve()).encode()).digest()
+    block = f"127.{10 + digest[0] % 200}.{digest[1]}"
+    hosts = {name: f"{block}.{index}" for index, name in enumerate(names, 1)}
+    addresses = local_addresses(tree, hosts, UNPRIVILEGED_PORTS)
+    bundle = state / "bundles" / organization / server
+    zones = sorted(tree.glob("*/zones/*.zone"))
+    write_bundle(tree / organization, server, bundle, serial, None, addresses, zones)
+    return bundle, state / "hosts" / server, hosts[f"{organization}/{server}"]
+
+
+def bundle_applied(state: Path, organization: str, server: str) -> None:
+    """A host's bundle made again of the state's current serial, as the supervisor does after
+    an apply (then SIGHUP has the host read it)."""
+    serial = int(json.loads((state / "state.json").read_text(encoding="utf-8"))["serial"])
+    config = state / "artifacts" / str(serial) / organization / "hosts" / f"{server}.json"
+    host_bundle(config, state, serial)
+
+
+def host_command(config: Path, state: Path) -> list[str]:
+    """`python -m mailwright.runtime.host` for a compiled host config, from its bundle."""
+    bundle, data, address = host_bundle(config, state)
+    command = [sys.executable, "-m", "mailwright.runtime.host", str(bundle), "--data", str(data)]
+    command += ["--bind", address]
+    for service, port in UNPRIVILEGED_PORTS.items():
+        command += [f"--{service}-port", str(port)]
+    return command
 
 
 # --- running the CLI, waiting and parsing ---------------------------------------------------

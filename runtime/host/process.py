@@ -1,14 +1,16 @@
-"""One host's runtime process: reads its compiled `hosts/<server>.json`, serves its roles.
+"""One host's runtime process: serves the roles of one server from its bundle (runtime/bundle.py).
 
-    python -m mailwright.runtime.host CONFIG --state DIR [--bind 127.0.0.1] [--serial N]
+    python -m mailwright.runtime.host BUNDLE --data DIR [--bind ADDRESS]
                                      [--pop3-port N] [--transfer-port N] [--dns-port N]
                                      [--smtp-port N]
 
 Every host runs an MTA (the internal transfer port); a store host adds the mailbox store and
-its POP3 server. Once it listens the process writes `<state>/hosts/<server>/endpoints.json` and
-`loaded.json` (the serial it runs), and prints one line `ready pop3=HOST:PORT ...`; it stops
-cleanly on SIGTERM/SIGINT. On SIGHUP it reloads the state's current serial (its own config,
-the GAL, GWART and zones) without closing any session, and reports the serial it then runs.
+its POP3 server, an IMS host the SMTP server, a DNS host the name server. Its queue, store and
+logs are in DATA, which no other host reads. Once it listens the process writes
+`DATA/endpoints.json` and `DATA/loaded.json` (the serial it runs), for whoever runs it, and
+prints one line `ready pop3=HOST:PORT ...`; it stops cleanly on SIGTERM/SIGINT. On SIGHUP it
+reads BUNDLE again (its config, the GAL, GWART, zones and peers' addresses) without closing
+any session, and reports the serial it then runs.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 import uvloop
 
 from mailwright.runtime.auth.accounts import Accounts
+from mailwright.runtime.bundle import Bundle, BundleError
 from mailwright.runtime.contract import (
     WELL_KNOWN_PORTS,
     ContractError,
@@ -36,7 +39,6 @@ from mailwright.runtime.contract import (
     ImsSettings,
     Service,
 )
-from mailwright.runtime.discovery import resolver_endpoint, smtp_endpoints
 from mailwright.runtime.host.snapshot import Snapshot, SnapshotError, steady_heap
 from mailwright.runtime.ims.inbound import InboundHandler
 from mailwright.runtime.ims.outbound import Outbound
@@ -44,7 +46,7 @@ from mailwright.runtime.ims.smtpserver import smtp_server
 from mailwright.runtime.ims.workers import ImsWorkers, worker_count
 from mailwright.runtime.mta import transfer
 from mailwright.runtime.mta.agent import Mta, size_limits
-from mailwright.runtime.mta.transfer import endpoints_in
+from mailwright.runtime.mta.transfer import Endpoint
 from mailwright.runtime.nameserver import NameServer
 from mailwright.runtime.store.mailstore import MailStore
 from mailwright.runtime.store.pop3 import Pop3Server
@@ -53,25 +55,25 @@ from mailwright.runtime.tls import self_signed, server_context
 Ports = Mapping[Service, int]  # where each service listens
 
 
-def store_for(config: HostConfig, state: Path) -> MailStore:
-    return MailStore(state / "hosts" / config.server.name / "store", size_limits(config))
+def store_for(config: HostConfig, data: Path) -> MailStore:
+    return MailStore(data / "store", size_limits(config))
 
 
-def tls_context(config: HostConfig, state: Path) -> ssl.SSLContext:
-    """The certificate the spec names, or a self-signed one made at first start."""
-    if config.tls is not None:
-        certificate, key = Path(config.tls.certificate), Path(config.tls.private_key)
-    else:
-        server = config.server
-        certificate, key = self_signed(state / "hosts" / server.name, server.fqdn)
+def tls_context(snapshot: Snapshot, data: Path) -> ssl.SSLContext:
+    """For SMTP and POP3: the certificate the spec names, else the host's certificate from its
+    organization's CA, else a self-signed one made at first start."""
+    bundle = Bundle.open(snapshot.path)
+    for certificate_name, key_name in (("server.pem", "server.key"), ("host.pem", "host.key")):
+        certificate, key = bundle.tls_file(certificate_name), bundle.tls_file(key_name)
+        if certificate is not None and key is not None:
+            return server_context(certificate, key)
+    certificate, key = self_signed(data, snapshot.config.server.fqdn)
     return server_context(certificate, key)
 
 
-def pop3_server(
-    config: HostConfig, state: Path, store: MailStore, accounts: Accounts
-) -> Pop3Server:
-    idle_timeout = float(config.pop3.idle_timeout)
-    return Pop3Server(accounts, store, tls_context(config, state), idle_timeout=idle_timeout)
+def pop3_server(snapshot: Snapshot, data: Path, store: MailStore, accounts: Accounts) -> Pop3Server:
+    idle_timeout = float(snapshot.config.pop3.idle_timeout)
+    return Pop3Server(accounts, store, tls_context(snapshot, data), idle_timeout=idle_timeout)
 
 
 def _write_report(folder: Path, name: str, document: dict[str, Any]) -> None:
@@ -83,19 +85,16 @@ def _write_report(folder: Path, name: str, document: dict[str, Any]) -> None:
     os.replace(temp, folder / name)
 
 
-async def serve(
-    config_path: Path, state: Path, bind: str, ports: Ports, serial: int | None = None
-) -> None:
+async def serve(bundle: Path, data: Path, bind: str, ports: Ports) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    snapshot = Snapshot.read(config_path, serial)
-    host = Host(state, bind, snapshot, _mta(snapshot, state))
+    host = Host(data, bind, Snapshot.read(bundle))
     steady_heap()
     endpoints = await host.listen(ports)
     host.report_loaded()
-    _write_report(host.folder, "endpoints.json", endpoints)
+    _write_report(data, "endpoints.json", endpoints)
     loop.add_signal_handler(signal.SIGHUP, host.wanted.set)
     reloads = loop.create_task(host.follow_reloads())
     print("ready " + " ".join(f"{k}={v}" for k, v in sorted(endpoints.items())), flush=True)
@@ -107,12 +106,11 @@ async def serve(
 class Host:
     """The running parts of one host, and how a reload reaches each of them."""
 
-    def __init__(self, state: Path, bind: str, snapshot: Snapshot, mta: Mta) -> None:
-        self.state = state
+    def __init__(self, data: Path, bind: str, snapshot: Snapshot) -> None:
+        self.data = data  # its own folder: queue, store, tracking log, reports
         self.bind = bind
         self.snapshot = snapshot  # what it runs
-        self.folder = state / "hosts" / snapshot.config.server.name
-        self.mta = mta
+        self.mta = _mta(snapshot, data, self.transfer_endpoint)
         self.listeners: dict[str, asyncio.Server] = {}
         self.pop3: Pop3Server | None = None
         self.inbound: SmtpInbound | None = None
@@ -125,18 +123,18 @@ class Host:
 
     async def listen(self, ports: Ports) -> dict[str, str]:
         """Serve every role of the config; where each service listens."""
-        config, state, mta = self.snapshot.config, self.state, self.mta
+        config, data, mta = self.snapshot.config, self.data, self.mta
         self.listeners["transfer"] = await transfer.serve(
             mta.handle_frame, self.bind, ports["transfer"]
         )
         if mta.store is not None:
-            self.pop3 = pop3_server(config, state, mta.store, mta.accounts)
+            self.pop3 = pop3_server(self.snapshot, data, mta.store, mta.accounts)
             self.listeners["pop3"] = await self.pop3.start(self.bind, ports["pop3"])
         self.tasks.append(asyncio.get_running_loop().create_task(mta.run()))
         endpoints = {name: _address(listener) for name, listener in self.listeners.items()}
         if config.server.serves("smtp"):
             address = (self.bind, ports["smtp"])
-            self.inbound = await SmtpInbound.start(mta, self.snapshot, state, address)
+            self.inbound = await SmtpInbound.start(mta, self.snapshot, data, address)
             endpoints["smtp"] = self.inbound.address
             self._follow_transfer_mode(config.connector)
         if self.snapshot.authority is not None:
@@ -154,13 +152,7 @@ class Host:
                 self._sending.cancel()
             self.outbound, self._sending, self.mta.outbox_listener = None, None, None
         elif self.outbound is None:
-            self.outbound = Outbound(
-                self.mta,
-                settings,
-                resolver_endpoint(self.state),
-                smtp_endpoints(self.state),
-                source=self.bind,
-            )
+            self.outbound = Outbound(self.mta, settings, lambda: self.snapshot.peers, self.bind)
             self._sending = asyncio.get_running_loop().create_task(self.outbound.run())
         else:
             self.outbound.settings = settings
@@ -181,9 +173,8 @@ class Host:
         sessions carry on. If the serial cannot be read the host keeps what it runs, and
         says so in its log and in loaded.json."""
         loop = asyncio.get_running_loop()
-        config_path = self.snapshot.config_path
         try:
-            snapshot = await loop.run_in_executor(None, Snapshot.current, self.state, config_path)
+            snapshot = await loop.run_in_executor(None, Snapshot.current, self.snapshot.path)
         except SnapshotError as exc:
             print(f"reload: {exc}; still serving serial {self.snapshot.serial}", file=sys.stderr)
             self.failed = {"serial": exc.serial, "error": exc.why}
@@ -205,7 +196,7 @@ class Host:
         """Which serial this host runs (and its last reload's failure): the supervisor puts it
         in status.json, and `apply` waits for every host to run the serial it applied."""
         _write_report(
-            self.folder, "loaded.json", {"serial": self.snapshot.serial, "failed": self.failed}
+            self.data, "loaded.json", {"serial": self.snapshot.serial, "failed": self.failed}
         )
 
     async def stop(self) -> None:
@@ -219,13 +210,18 @@ class Host:
             listener.close()
             await listener.wait_closed()
 
+    def transfer_endpoint(self, server: str) -> tuple[str, int] | None:
+        """Where a peer's MTA listens, by the bundle this host runs now."""
+        endpoint = self.snapshot.peers.transfer(server)
+        return None if endpoint is None else (endpoint.host, endpoint.port)
 
-def _mta(snapshot: Snapshot, state: Path) -> Mta:
+
+def _mta(snapshot: Snapshot, data: Path, endpoints: Endpoint) -> Mta:
     """The host's MTA over its store, its queue recovered before anything is queued."""
     config = snapshot.config
-    store = store_for(config, state) if config.server.serves("pop3") else None
+    store = store_for(config, data) if config.server.serves("pop3") else None
     accounts = Accounts(snapshot.tables.accounts)
-    mta = Mta(config, snapshot.router, state, store, accounts, endpoints_in(state))
+    mta = Mta(config, snapshot.router, data, store, accounts, endpoints)
     if recovered := mta.recover():
         print(f"queue: {len(recovered)} entries recovered after a crash", file=sys.stderr)
     return mta
@@ -241,11 +237,11 @@ class SmtpInbound:
 
     @classmethod
     async def start(
-        cls, mta: Mta, snapshot: Snapshot, state: Path, address: tuple[str, int]
+        cls, mta: Mta, snapshot: Snapshot, data: Path, address: tuple[str, int]
     ) -> SmtpInbound:
-        context = tls_context(snapshot.config, state)  # made here first: workers only read it
+        context = tls_context(snapshot, data)  # made here first: workers only read it
         if count := worker_count():
-            return cls(workers=ImsWorkers.start(mta, snapshot, state, address, count))
+            return cls(workers=ImsWorkers.start(mta, snapshot, data, address, count))
         handler = InboundHandler(mta, snapshot.config.connector, mta.accounts)
         server = await asyncio.get_running_loop().create_server(
             lambda: smtp_server(handler, handler.settings, context), *address
@@ -265,7 +261,7 @@ class SmtpInbound:
         """The connector's settings and the accounts, for the SMTP sessions that start from
         now on; with workers, once each of them runs the snapshot."""
         if self.workers is not None:
-            await self.workers.reload(snapshot.config_path, snapshot.serial)
+            await self.workers.reload(snapshot.path, snapshot.serial)
         elif self.handler is not None:
             self.handler.configure(snapshot.config.connector)
 
@@ -284,17 +280,23 @@ def _address(listener: asyncio.Server) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailwright-host", description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path, help="the host's compiled hosts/<server>.json")
-    parser.add_argument("--state", type=Path, required=True, help="the state directory")
-    parser.add_argument("--bind", default="127.0.0.1", help="loopback address to listen on")
+    parser.add_argument("bundle", type=Path, help="the host's bundle (mailwright bundle)")
+    parser.add_argument("--data", type=Path, required=True, help="its queue, store and logs")
+    parser.add_argument("--bind", help="the address to listen on (default: the spec's ipv4)")
     for service, port in WELL_KNOWN_PORTS.items():
         parser.add_argument(f"--{service}-port", type=int, default=port)
-    parser.add_argument("--serial", type=int, help="the state's serial CONFIG belongs to")
     args = parser.parse_args(argv)
     ports = {service: getattr(args, f"{service}_port") for service in WELL_KNOWN_PORTS}
+    return run(args.bundle, args.data, args.bind, ports)
+
+
+def run(bundle: Path, data: Path, bind: str | None, ports: Ports) -> int:
+    """Serve the bundle until SIGTERM; 1 with one line on stderr if it cannot."""
     try:
-        uvloop.run(serve(args.config, args.state, args.bind, ports, args.serial))
-    except (OSError, ValueError, ContractError) as exc:
+        data.mkdir(parents=True, exist_ok=True)
+        address = bind or Bundle.open(bundle).config().server.ipv4
+        uvloop.run(serve(bundle, data, address, ports))
+    except (OSError, ValueError, ContractError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -1,6 +1,6 @@
-"""What one host reads of an applied serial: its config (`hosts/<server>.json`), the router over
-its organization's GAL and GWART, its per-mailbox tables, and, for a DNS host, every zone of the
-local runtime.
+"""What one host reads of its bundle (runtime/bundle.py): its config, the router over its
+organization's GAL and GWART, its per-mailbox tables, its peers' addresses, and, for a DNS
+host, the zones it serves.
 
 A host reads a snapshot at start and again on each reload, off the event loop (at 100,000
 mailboxes indexing the GAL takes seconds), and its running parts then take it in at once.
@@ -8,19 +8,21 @@ mailboxes indexing the GAL takes seconds), and its running parts then take it in
 
 from __future__ import annotations
 
+import contextlib
 import gc
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailwright.runtime.contract import HostConfig, read_host_config
+from mailwright.runtime.bundle import Bundle
+from mailwright.runtime.contract import HostConfig, read_servers
+from mailwright.runtime.discovery import Peers
 from mailwright.runtime.mta.agent import MailboxTables
 from mailwright.runtime.mta.router import Router
 from mailwright.runtime.nameserver import Authority, load_zones
 
 
 class SnapshotError(Exception):
-    """A serial a host could not read; the host keeps running the one it has."""
+    """A bundle a host could not read; the host keeps running the one it has."""
 
     def __init__(self, serial: int | None, why: str) -> None:
         super().__init__(f"cannot read serial {serial}: {why}")
@@ -30,37 +32,37 @@ class SnapshotError(Exception):
 
 @dataclass(frozen=True)
 class Snapshot:
-    serial: int | None  # None: a config a host was started on by hand, outside any serial
-    config_path: Path
+    serial: int | None  # None: a bundle made by hand, outside any applied serial
+    path: Path  # the bundle's path as the host was given it (read again at each reload)
     config: HostConfig
     router: Router
     tables: MailboxTables
     authority: Authority | None  # for a host with the dns role
+    peers: Peers
 
     @classmethod
-    def read(cls, config_path: Path, serial: int | None) -> Snapshot:
-        config = read_host_config(config_path)
-        organization = config_path.parent.parent
+    def read(cls, path: Path) -> Snapshot:
+        bundle = Bundle.open(path)
+        config = bundle.config()
         authority = None
         if config.server.serves("dns"):
-            # The local runtime's one resolver answers for every organization applied together.
-            zones = sorted(organization.parent.glob("*/zones/*.zone"))
-            authority = Authority(load_zones(zones))
-        router = Router.load(config, organization)
-        return cls(serial, config_path, config, router, MailboxTables.of(config), authority)
+            authority = Authority(load_zones(bundle.zones()))
+        router = Router.load(config, bundle.path)
+        servers = read_servers(bundle.path / "servers.json")
+        peers = Peers(servers, bundle.addresses(), config.resolvers)
+        tables = MailboxTables.of(config)
+        return cls(bundle.manifest.serial, path, config, router, tables, authority, peers)
 
     @classmethod
-    def current(cls, state: Path, config_path: Path) -> Snapshot:
-        """The state's current serial of the host whose config was `config_path` (apply writes
-        each serial into a folder of its own, and removes the one before); SnapshotError if
-        it cannot be read, whatever is wrong with it."""
-        serial = None
+    def current(cls, path: Path) -> Snapshot:
+        """The bundle `path` names now; SnapshotError if it cannot be read, whatever is wrong
+        with it."""
         try:
-            serial = int(json.loads((state / "state.json").read_text(encoding="utf-8"))["serial"])
-            organization = config_path.parent.parent.name
-            hosts = state / "artifacts" / str(serial) / organization / "hosts"
-            return cls.read(hosts / config_path.name, serial)
-        except Exception as exc:  # a broken serial may raise anything its readers raise
+            return cls.read(path)
+        except Exception as exc:  # a broken bundle may raise anything its readers raise
+            serial = None
+            with contextlib.suppress(Exception):  # the serial only names the failure
+                serial = Bundle.open(path).manifest.serial
             raise SnapshotError(serial, f"{type(exc).__name__}: {exc}") from exc
 
 

@@ -23,9 +23,11 @@ from dataclasses import dataclass, replace
 
 import dns.asyncresolver
 import dns.exception
+import dns.nameserver
 import dns.resolver
 
 from mailwright.runtime.contract import ImsSettings
+from mailwright.runtime.discovery import OutsideRuntimeError, Peers
 from mailwright.runtime.formats.message import (
     Address,
 )
@@ -46,10 +48,6 @@ class MailExchanger:
     addresses: tuple[str, ...]
 
 
-class ResolverMissingError(Exception):
-    """No resolver to ask."""
-
-
 class NoMailError(Exception):
     """The domain says it takes no mail: null MX (RFC 7505)."""
 
@@ -65,15 +63,13 @@ class Outbound:
         self,
         mta: Mta,
         settings: ImsSettings,
-        resolver: Callable[[], tuple[str, int] | None],
-        smtp_endpoint: Callable[[str], tuple[str, int] | None],
-        source: str = "127.0.0.1",
+        peers: Callable[[], Peers],
+        source: str | None = None,
     ) -> None:
-        self.source = source  # this host's loopback address: where its connections come from
+        self.source = source  # the address its connections come from (None: the system's)
         self.mta = mta
         self.settings = settings
-        self.resolver = resolver
-        self.smtp_endpoint = smtp_endpoint
+        self.peers = peers  # of the host's current bundle: where DNS and MX addresses are
         self.outbox = mta.outbox
         # The outbox as this IMS knows it, by entry id: read once when `run` starts, then told
         # by the MTA (`adopt`) and kept by `_settle`; never rescanned, however much waits.
@@ -144,7 +140,7 @@ class Outbound:
             reason = f"{domain} accepts no mail (null MX)"
             await self._settle(entry, Outcome(failures=[Failure(a, "5.1.10", reason) for a in due]))
             return
-        except (dns.exception.DNSException, ResolverMissingError) as exc:
+        except dns.exception.DNSException as exc:
             reason = f"DNS lookup for {domain} failed: {exc}"
             await self._settle(entry, Outcome(deferred=dict.fromkeys(due, reason)))
             return
@@ -158,12 +154,7 @@ class Outbound:
 
     async def mail_exchangers(self, domain: str) -> list[MailExchanger]:
         """RFC 5321 §5.1: MX by preference (equal ones in random order), else the A record."""
-        endpoint = self.resolver()
-        if endpoint is None:
-            raise ResolverMissingError("no DNS server of the local runtime is running")
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [endpoint[0]]
-        resolver.port = endpoint[1]
+        resolver = _resolver(self.peers().resolvers())
         try:
             answer = await resolver.resolve(domain, "MX")
         except dns.resolver.NoAnswer:
@@ -191,12 +182,11 @@ class Outbound:
         self, entry: QueueEntry, recipients: list[Address], address: str
     ) -> dict[Address, str]:
         """One SMTP transaction to `address`: each recipient's final reply."""
-        endpoint = self.smtp_endpoint(address)
-        if endpoint is None:
+        try:
+            endpoint = self.peers().smtp(address)
+        except OutsideRuntimeError as exc:
             # Only addresses of the local runtime are reachable; nothing leaves loopback.
-            return dict.fromkeys(
-                recipients, f"4.4.1 {address} is not reachable from the local runtime"
-            )
+            return dict.fromkeys(recipients, f"4.4.1 {exc}")
         data = self._render(entry)
         # RFC 5321 §4.5.5: a notification goes out from the null reverse-path, <>.
         sender = "" if is_report(entry.message) else entry.message.sender.address
@@ -304,3 +294,13 @@ def _permanent_status(reply: str) -> str:
 def _matches(pattern: str, domain: str) -> bool:
     """A per-domain format rule's pattern, with the address-space wildcards * and %."""
     return fit(AddressType.SMTP, pattern, f"postmaster@{domain}") is not None
+
+
+def _resolver(servers: list[tuple[str, int]] | None) -> dns.asyncresolver.Resolver:
+    """A resolver asking `servers`, or the system's (/etc/resolv.conf) when there are none."""
+    if servers is None:
+        return dns.asyncresolver.Resolver()
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    # dnspython asks each nameserver at its own port (dns.nameserver.Do53Nameserver).
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(host, port) for host, port in servers]
+    return resolver

@@ -8,7 +8,7 @@ import ssl
 
 def smtp_send(
     endpoint: tuple[str, int],
-    origin: tuple[str, str],
+    origin: tuple[str | None, str],
     sender: str,
     recipients: list[str],
     data: bytes,
@@ -19,7 +19,11 @@ def smtp_send(
     replies: dict[str, str] = {}
     try:
         with smtplib.SMTP(
-            endpoint[0], endpoint[1], local_hostname=helo, timeout=30, source_address=(source, 0)
+            endpoint[0],
+            endpoint[1],
+            local_hostname=helo,
+            timeout=30,
+            source_address=None if source is None else (source, 0),
         ) as client:
             _hello(client)
             _transaction(client, sender, recipients, data, replies)

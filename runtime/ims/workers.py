@@ -1,6 +1,6 @@
 """IMS inbound workers: processes that share the host's SMTP port and queue into its MTA.
 
-    python -m mailwright.runtime.ims.workers CONFIG --state DIR --fd N [--serial N]
+    python -m mailwright.runtime.ims.workers BUNDLE --data DIR --fd N [--serial N]
 
 One Python process spends a core on aiosmtpd's protocol work alone, so on a machine with
 several cores the host binds the SMTP socket and starts workers that all accept on it (the
@@ -8,8 +8,8 @@ pre-fork model of Postfix's smtpd processes). Each worker applies the same Inbou
 policy and queues accepted mail durably into the host's queue, exactly as the host's MTA does,
 then writes `queued <entry id>` on stdout; the host's MTA adopts the entry and delivers it.
 
-The host speaks to its workers over their stdin: `reload <serial> <config>` when the host
-reloads (the worker reads that config, its GAL and GWART, takes in the accounts and connector
+The host speaks to its workers over their stdin: `reload <serial> <bundle>` when the host
+reloads (the worker reads that bundle, its GAL and GWART, takes in the accounts and connector
 settings for the sessions that start from then on, and answers `reloaded <serial>` on stdout),
 and end of file when the host is gone, even killed: the worker then exits, as on SIGTERM. When a
 worker dies the host adopts whatever is queued on disk (an entry queued and acknowledged just
@@ -36,7 +36,6 @@ from mailwright.runtime.ims.inbound import InboundHandler
 from mailwright.runtime.ims.smtpserver import smtp_server
 from mailwright.runtime.mta.agent import Mta
 from mailwright.runtime.mta.queue import QueueEntry
-from mailwright.runtime.mta.transfer import endpoints_in
 
 WORKERS_ENV = "MAILWRIGHT_IMS_WORKERS"
 RESTART_DELAY = 1.0
@@ -68,12 +67,12 @@ class ImsWorkers:
     serial of the host config it runs."""
 
     def __init__(
-        self, mta: Mta, snapshot: Snapshot, state: Path, sock: socket.socket, count: int
+        self, mta: Mta, snapshot: Snapshot, data: Path, sock: socket.socket, count: int
     ) -> None:
         self.mta = mta
-        self.state = state
+        self.data = data
         self.socket = sock
-        self.config = (snapshot.config_path, snapshot.serial)  # what new workers start on
+        self.config = (snapshot.path, snapshot.serial)  # what new workers start on
         self.running: dict[asyncio.subprocess.Process, int | None] = {}  # worker -> serial
         self._changed = asyncio.Event()  # a worker started, answered or ended
         self._stopping = False
@@ -81,9 +80,9 @@ class ImsWorkers:
 
     @classmethod
     def start(
-        cls, mta: Mta, snapshot: Snapshot, state: Path, address: tuple[str, int], count: int
+        cls, mta: Mta, snapshot: Snapshot, data: Path, address: tuple[str, int], count: int
     ) -> ImsWorkers:
-        return cls(mta, snapshot, state, socket.create_server(address, backlog=1024), count)
+        return cls(mta, snapshot, data, socket.create_server(address, backlog=1024), count)
 
     @property
     def address(self) -> str:
@@ -93,7 +92,7 @@ class ImsWorkers:
     def _command(self) -> list[str]:
         config, serial = self.config
         command = [sys.executable, "-m", "mailwright.runtime.ims.workers", str(config)]
-        command += ["--state", str(self.state), "--fd", str(self.socket.fileno())]
+        command += ["--data", str(self.data), "--fd", str(self.socket.fileno())]
         return command + ([] if serial is None else ["--serial", str(serial)])
 
     async def _keep(self) -> None:
@@ -184,16 +183,17 @@ def _serial_from(text: str) -> int | None:
     return None if text == NO_SERIAL else int(text)
 
 
-async def serve(config_path: Path, state: Path, fd: int, serial: int | None) -> None:
+async def serve(bundle: Path, data: Path, fd: int) -> None:
     # Imported here: the host module imports this one's ImsWorkers.
     from mailwright.runtime.host.process import tls_context  # noqa: PLC0415
 
-    snapshot = Snapshot.read(config_path, serial)
+    snapshot = Snapshot.read(bundle)
     accounts = Accounts(snapshot.tables.accounts)
-    front = FrontEnd(snapshot.config, snapshot.router, state, None, accounts, endpoints_in(state))
+    # The front end only queues: it transfers nothing, so it needs no peers.
+    front = FrontEnd(snapshot.config, snapshot.router, data, None, accounts, lambda _: None)
     handler = InboundHandler(front, snapshot.config.connector, accounts)
     steady_heap()
-    context = tls_context(snapshot.config, state)
+    context = tls_context(snapshot, data)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: smtp_server(handler, handler.settings, context), sock=socket.socket(fileno=fd)
@@ -232,7 +232,7 @@ async def _reload(
     """The host's reloaded config taken in, as the host does (see host.Host.reload)."""
     loop = asyncio.get_running_loop()
     try:
-        snapshot = await loop.run_in_executor(None, Snapshot.read, config, serial)
+        snapshot = await loop.run_in_executor(None, Snapshot.read, config)
     except Exception as exc:  # a broken config may raise anything its readers raise
         return f"reload-failed {type(exc).__name__}: {exc}"
     front.reload(snapshot.config, snapshot.router, snapshot.tables)
@@ -250,12 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mailwright-ims-worker", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("config", type=Path, help="the host's compiled hosts/<server>.json")
-    parser.add_argument("--state", type=Path, required=True, help="the state directory")
+    parser.add_argument("bundle", type=Path, help="the host's bundle")
+    parser.add_argument("--data", type=Path, required=True, help="the host's data folder")
     parser.add_argument("--fd", type=int, required=True, help="the listening SMTP socket")
-    parser.add_argument("--serial", type=int, help="the state's serial CONFIG belongs to")
+    parser.add_argument("--serial", type=int, help="the serial of the bundle, for the host")
     args = parser.parse_args(argv)
-    uvloop.run(serve(args.config, args.state, args.fd, args.serial))
+    uvloop.run(serve(args.bundle, args.data, args.fd))
     return 0
 
 

@@ -76,7 +76,7 @@ class Mta:
         self,
         config: HostConfig,
         router: Router,
-        state: Path,
+        home: Path,  # the host's data folder
         store: MailStore | None,
         accounts: Accounts,
         endpoints: Endpoint,
@@ -85,7 +85,6 @@ class Mta:
         self.fqdn = config.server.fqdn
         self.postmaster = config.postmaster
         self._router = router
-        home = state / "hosts" / self.server
         self.queue = MessageQueue(home / "queue")
         self.outbox = MessageQueue(home / "outbox")  # for the IMS: mail for the internet
         self.tracking = TrackingLog(home / "tracking.jsonl", self.server)

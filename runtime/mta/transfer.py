@@ -18,9 +18,7 @@ A 250 is sent only after the message is in the receiver's durable queue (MOVE: i
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -111,18 +109,5 @@ async def send_frame(host: str, port: int, verb: str, document: dict[str, Any]) 
     return reply
 
 
+# Where a server of the organization takes transfer frames (None: it is none of its servers).
 Endpoint = Callable[[str], tuple[str, int] | None]
-
-
-def endpoints_in(state: Path) -> Endpoint:
-    """Where a server's MTA listens: the `endpoints.json` its host process wrote when ready."""
-
-    def lookup(server: str) -> tuple[str, int] | None:
-        try:
-            endpoints = json.loads((state / "hosts" / server / "endpoints.json").read_text())
-            host, _, port = endpoints["transfer"].rpartition(":")
-            return host, int(port)
-        except (OSError, ValueError, KeyError):
-            return None
-
-    return lookup

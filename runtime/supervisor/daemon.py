@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.bundle import HOST_CONFIG, MANIFEST, point, state_credentials, write_bundle
 from mailwright.runtime.contract import UNPRIVILEGED_PORTS, WELL_KNOWN_PORTS, Service
+from mailwright.runtime.discovery import local_addresses
 from mailwright.runtime.host.change import host_change
 
 MAX_BACKOFF = 30.0
@@ -74,17 +77,45 @@ class Supervisor:
         if state["serial"] == self.serial:
             return
         self.serial = state["serial"]
-        tree = self.state / "artifacts" / str(self.serial)
-        wanted = {}
-        for name, address in state["host_addresses"].items():
-            organization, server = name.split("/", 1)
-            wanted[name] = (tree / organization / "hosts" / f"{server}.json", address)
+        wanted = self._bundle(state["host_addresses"])
         for name in sorted(set(self.hosts) - set(wanted)):
             self._stop(self.hosts.pop(name), "removed from the spec")
-        for name, (config, address) in sorted(wanted.items()):
-            self._converge(name, config, address)
+        for name, address in sorted(state["host_addresses"].items()):
+            self._converge(name, wanted[name], address)
+        for old in self.state.glob("bundles/*"):
+            if old.name.isdigit() and int(old.name) < self.serial - 1:
+                shutil.rmtree(old, ignore_errors=True)
 
-    def _converge(self, name: str, config: Path, address: str) -> None:
+    def _bundle(self, host_addresses: dict[str, str]) -> dict[str, Path]:
+        """Every host's bundle of the current serial, each host's `bundle` path pointed at it;
+        those paths by host. The bundles are hard links into the applied tree (a bundle of a
+        serial never changes: one written whole is used as it is)."""
+        tree = self.state / "artifacts" / str(self.serial)
+        addresses = local_addresses(tree, host_addresses, ports())
+        zones = sorted(tree.glob("*/zones/*.zone"))  # every DNS host answers for all of them
+        links = {}
+        for name in host_addresses:
+            organization, server = name.split("/", 1)
+            bundle = self.state / "bundles" / str(self.serial) / organization / server
+            if not (bundle / MANIFEST).exists():
+                credentials = state_credentials(self.state, organization, server)
+                write_bundle(
+                    tree / organization,
+                    server,
+                    bundle,
+                    self.serial,
+                    credentials,
+                    addresses,
+                    zones,
+                    link=True,
+                )
+            links[name] = self.state / "hosts" / server / "bundle"
+            links[name].parent.mkdir(parents=True, exist_ok=True)
+            point(links[name], bundle)
+        return links
+
+    def _converge(self, name: str, bundle: Path, address: str) -> None:
+        config = bundle / HOST_CONFIG
         text = config.read_text(encoding="utf-8")
         host = self.hosts.get(name)
         if host is None:
@@ -107,9 +138,9 @@ class Supervisor:
         self._forget_reports(host)
         logs = self.runtime / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        arguments = [sys.executable, "-m", "mailwright.runtime.host", str(host.config)]
-        arguments += ["--state", str(self.state), "--bind", host.address]
-        arguments += ["--serial", str(self.serial)]
+        folder = self.state / "hosts" / host.server
+        arguments = [sys.executable, "-m", "mailwright.runtime.host", str(folder / "bundle")]
+        arguments += ["--data", str(folder), "--bind", host.address]
         for service, port in ports().items():
             arguments += [f"--{service}-port", str(port)]
         with open(logs / f"{host.server}.log", "ab") as log:

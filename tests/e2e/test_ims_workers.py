@@ -25,7 +25,7 @@ import pytest
 from mailwright.runtime.formats.message import Address
 from mailwright.runtime.formats.parse import from_rfc5322
 from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
-from tests.helpers import SEED_DIR, Process
+from tests.helpers import SEED_DIR, Process, bundle_applied
 
 WORKERS = 2
 
@@ -154,6 +154,7 @@ def test_the_workers_follow_the_hosts_reload(
         "apply", str(arlington.spec), "--state", str(arlington.state), "--auto-approve"
     )
     assert done.returncode == 0, done.stderr
+    bundle_applied(arlington.state, "Minasi", "arlington")
     arlington.host.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + 10
     codes: set[Any] = set()

@@ -28,7 +28,7 @@ import pytest
 from mailwright.runtime.formats.message import Address, Recipient, encode, new_message
 from mailwright.runtime.mta.transfer import recipients_payload, send_frame
 from mailwright.runtime.store.mailstore import MailStore, message_uid
-from tests.helpers import Endpoint, Mailwright, Process, WaitUntil
+from tests.helpers import Endpoint, Mailwright, Process, WaitUntil, bundle_applied
 
 SEEDED = 500
 SPEC = """\
@@ -166,7 +166,8 @@ class Move:
         return self.state / "artifacts" / str(serial) / "Acme" / "hosts" / f"{server}.json"
 
     def reload(self) -> None:
-        for process in self.hosts.values():
+        for server, process in self.hosts.items():
+            bundle_applied(self.state, "Acme", server)
             os.kill(process.pid, signal.SIGHUP)
 
     def kill(self, server: str) -> None:

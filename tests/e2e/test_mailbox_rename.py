@@ -19,7 +19,7 @@ from pathlib import Path
 import argon2
 
 from mailwright.runtime.store.mailstore import MailStore
-from tests.helpers import Endpoint, Mailwright, Process
+from tests.helpers import Endpoint, Mailwright, Process, bundle_applied
 
 SPEC = """\
 organization: {{name: Acme, domains: [acme.test]}}
@@ -44,14 +44,15 @@ def uidls(address: tuple[str, int]) -> list[bytes]:
         client.quit()
 
 
-def fetch(fetchmail: str, home: Path, port: int) -> tuple[int, str]:
+def fetch(fetchmail: str, home: Path, pop3: tuple[str, int]) -> tuple[int, str]:
     """fetchmail --keep with UIDLs (-U): only mail it has not seen; (exit code, its log)."""
     rcfile = home / ".fetchmailrc"
-    rcfile.write_text(f'poll 127.0.0.1 user "jane" there with password "{PASSWORD}"\n')
+    address, port = pop3
+    rcfile.write_text(f'poll {address} user "jane" there with password "{PASSWORD}"\n')
     rcfile.chmod(0o600)
     command = [fetchmail, "-f", str(rcfile), "-v", "--nosyslog", "-p", "POP3", "-U", "--keep"]
     # fetchmail 6.4 asks for STLS unless told no; the MDA throws the mail away.
-    command += ["--sslproto", "", "--port", str(port), "--mda", "cat >/dev/null", "127.0.0.1"]
+    command += ["--sslproto", "", "--port", str(port), "--mda", "cat >/dev/null", address]
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     done = subprocess.run(
         command,
@@ -89,7 +90,7 @@ def test_a_new_given_name_keeps_the_maildrop_and_its_uidls(
     host = start_host(state / "artifacts" / "1" / "Acme" / "hosts" / "alpha.json", state)
     pop3 = endpoint(state, "alpha", "pop3")
     before = uidls(pop3)
-    code, log = fetch(fetchmail, home, pop3[1])
+    code, log = fetch(fetchmail, home, pop3)
     assert code == 0, log
     assert log.count(" not flushed") == 3, log  # --keep: all three read, none deleted
 
@@ -102,9 +103,10 @@ def test_a_new_given_name_keeps_the_maildrop_and_its_uidls(
         "on; to keep it, list 'smtp:Jane.Doe@acme.test' in the mailbox's proxy_addresses."
     ) in plan.stdout
     assert mailwright("apply", *write("Janet"), "--auto-approve").returncode == 0
+    bundle_applied(state, "Acme", "alpha")
     os.kill(host.pid, signal.SIGHUP)
 
     assert uidls(pop3) == before
-    code, log = fetch(fetchmail, home, pop3[1])
+    code, log = fetch(fetchmail, home, pop3)
     assert code == 1, log  # fetchmail's "no mail": every UIDL was seen before
     assert (state / "hosts" / "alpha" / "store" / "jane").is_dir()

@@ -395,24 +395,23 @@ class Refusing(socketserver.StreamRequestHandler):
 
 
 @pytest.fixture
-def refusing_port() -> Iterator[int]:
-    with socketserver.ThreadingTCPServer(("127.0.0.1", 0), Refusing) as server:
+def refusing_beta(acme: Acme) -> Iterator[None]:
+    """A refusing transfer port where alpha's address map puts beta (which is not started)."""
+    acme.start("alpha")
+    addresses = json.loads((acme.state / "bundles/Acme/alpha/addresses.json").read_text())
+    servers = json.loads((acme.state / "bundles/Acme/alpha/servers.json").read_text())
+    beta = addresses["hosts"][servers["beta"]["ipv4"]]
+    where = (beta["address"], beta["ports"]["transfer"])
+    with socketserver.ThreadingTCPServer(where, Refusing) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()
-        yield server.server_address[1]
+        yield
         server.shutdown()
         thread.join()
 
 
-def test_a_permanent_refusal_is_reported_not_retried(
-    acme: Acme, mailwright: Mailwright, refusing_port: int
-) -> None:
-    acme.start("alpha")
-    address = f"127.0.0.1:{refusing_port}"  # where alpha will look for beta
-    (acme.state / "hosts" / "beta").mkdir(parents=True)
-    (acme.state / "hosts" / "beta" / "endpoints.json").write_text(
-        json.dumps({"pop3": address, "transfer": address}), encoding="utf-8"
-    )
+@pytest.mark.usefixtures("refusing_beta")
+def test_a_permanent_refusal_is_reported_not_retried(acme: Acme, mailwright: Mailwright) -> None:
     message_id = send(mailwright, acme.state, "--to", BOB, "--subject", "Too big", "--body", "b")
     report = acme.wait_for_subject("ann", "Undeliverable: Too big")
     status = next(p for p in report.walk() if p.get_content_type() == "message/delivery-status")

@@ -1,10 +1,10 @@
 """The seed article's journey, end to end, across two organizations on loopback.
 
 Both seed specs are applied to one state directory and their four hosts run as real processes
-(DCNW's athena, hermes and dns; Minasi's arlington), every port ephemeral, started and stopped
-by the conftest's start_host. Jane, on Athena, sends to mark@minasi.com with an attachment:
-Athena's MTA hands it to Hermes (GWART), Hermes's IMS converts it to RFC 5322, finds
-minasi.com's MX through the embedded DNS and delivers over SMTP to Arlington's IMS, which
+(DCNW's athena, hermes and dns; Minasi's arlington), each from its bundle on a loopback address
+of its own, started and stopped by the conftest's start_host. Jane, on Athena, sends to
+mark@minasi.com with an attachment: Athena's MTA hands it to Hermes (GWART), Hermes's IMS
+converts it to RFC 5322, finds minasi.com's MX through the embedded DNS and delivers over SMTP to Arlington's IMS, which
 converts it back and hands it to Arlington's store. Mark reads it with three POP3 clients
 (poplib, curl, fetchmail); his reply travels the same way back; a message to Paula (POP3 off
 for her) is stored but she cannot log in; a message to nobody comes back as a non-delivery
@@ -27,7 +27,6 @@ import pytest
 from tests.helpers import SEED_SPECS, Mailwright, parse_message, require_tool
 
 HOSTS = {"athena": "DCNW", "hermes": "DCNW", "dns": "DCNW", "arlington": "Minasi"}
-LOOPBACK = "127.0.0.1"
 DELIVERY_TIMEOUT = 20.0
 CLIENT_TIMEOUT = 30.0
 JANE, MARK = "jane@dcnw.com", "mark@minasi.com"
@@ -56,6 +55,11 @@ class Seed:
         return host, int(port)
 
     # --- what users do --------------------------------------------------------------------------
+
+    def address(self, server: str) -> str:
+        """The loopback address a host listens on (and sends from)."""
+        endpoints = json.loads((self.state / "hosts" / server / "endpoints.json").read_text())
+        return str(endpoints["transfer"].rpartition(":")[0])
 
     def send(self, sender: str, to: str, subject: str, *options: str) -> str:
         """`mailwright send` as a seed mailbox; the message id it printed."""
@@ -137,9 +141,9 @@ def client_env(home: Path) -> dict[str, str]:
     return {**env, "HOME": str(home), "FETCHMAILHOME": str(home), "LC_ALL": "C"}
 
 
-def curl(home: Path, port: int, user: str, number: int) -> bytes:
+def curl(home: Path, pop3: tuple[str, int], user: str, number: int) -> bytes:
     credentials = f"{user}:{PASSWORDS[user]}"
-    url = f"pop3://{LOOPBACK}:{port}/{number}"
+    url = f"pop3://{pop3[0]}:{pop3[1]}/{number}"
     done = subprocess.run(
         [require_tool("curl"), "-q", "-sS", "--noproxy", "*", "-u", credentials, url],
         capture_output=True,
@@ -151,11 +155,12 @@ def curl(home: Path, port: int, user: str, number: int) -> bytes:
     return done.stdout
 
 
-def fetchmail(home: Path, port: int, user: str, out: Path) -> list[bytes]:
+def fetchmail(home: Path, pop3: tuple[str, int], user: str, out: Path) -> list[bytes]:
     """fetchmail --keep --all, each message into a file of its own (LF line ends)."""
     executable = require_tool("fetchmail")
     rcfile = home / f"fetchmailrc-{user}"
-    rcfile.write_text(f'poll {LOOPBACK} user "{user}" there with password "{PASSWORDS[user]}"\n')
+    address, port = pop3
+    rcfile.write_text(f'poll {address} user "{user}" there with password "{PASSWORDS[user]}"\n')
     rcfile.chmod(0o600)
     mda = home / "mda.sh"
     mda.write_text('#!/bin/sh\nn=$(ls "$1" | wc -l)\nexec cat > "$1/$(printf %03d "$n")"\n')
@@ -165,7 +170,7 @@ def fetchmail(home: Path, port: int, user: str, out: Path) -> list[bytes]:
     # --sslproto '': plain POP3 (fetchmail would insist on STLS); --invisible: no Received of
     # fetchmail's own, so what arrives compares with what the server holds.
     command += [str(port), "--keep", "--all", "--sslproto", "", "--invisible"]
-    command += ["--mda", f"{mda} {out}", LOOPBACK]
+    command += ["--mda", f"{mda} {out}", address]
     done = subprocess.run(
         command,
         capture_output=True,
@@ -224,15 +229,16 @@ def test_jane_to_mark_across_the_internet(seed: Seed, home: Path, tmp_path: Path
     # The trace, newest on top: Arlington's IMS took it from Hermes, whose IMS converted it.
     arlington, hermes = received(message)
     assert arlington.startswith(
-        "from hermes.dcnw.com ([127.0.0.1]) by arlington.minasi.com (mailwright IMS) with ESMTPS;"
+        f"from hermes.dcnw.com ([{seed.address('hermes')}]) "
+        "by arlington.minasi.com (mailwright IMS) with ESMTPS;"
     )
     assert hermes.startswith("by hermes.dcnw.com (mailwright IMS);")
 
     # curl and fetchmail get the same bytes (fetchmail's MDA gets LF line ends).
-    port = seed.endpoint("arlington", "pop3")[1]
+    pop3 = seed.endpoint("arlington", "pop3")
     number = seed.retrieve("arlington", "mark").index(served) + 1
-    assert curl(home, port, "mark", number) == served
-    fetched = fetchmail(home, port, "mark", tmp_path / "fetched")
+    assert curl(home, pop3, "mark", number) == served
+    fetched = fetchmail(home, pop3, "mark", tmp_path / "fetched")
     assert served.replace(b"\r\n", b"\n") in fetched
 
     # `mailwright track` shows the whole path, host by host.
@@ -271,7 +277,8 @@ def test_mark_replies_and_jane_gets_it_the_same_way_back(seed: Seed) -> None:
     assert text.get_content().replace("\r\n", "\n") == "Thanks, Jane. Looks good.\n"
     hermes, arlington = received(message)
     assert hermes.startswith(
-        "from arlington.minasi.com ([127.0.0.1]) by hermes.dcnw.com (mailwright IMS) with ESMTPS;"
+        f"from arlington.minasi.com ([{seed.address('arlington')}]) "
+        "by hermes.dcnw.com (mailwright IMS) with ESMTPS;"
     )
     assert arlington.startswith("by arlington.minasi.com (mailwright IMS);")
     path = events(seed.track(message_id))

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from mailwright.compiler.build import to_json
+from mailwright.runtime.bundle import write_bundle
 from mailwright.runtime.contract import (
     FORMAT_VERSION,
     ContractError,
@@ -61,6 +62,9 @@ def test_the_seed_hosts_serve_what_their_roles_say(seed_artifacts: Path) -> None
     assert athena.ims is None and [m.recipient.alias for m in athena.mailboxes] == ["jane", "pat"]
 
 
+HOST = (sys.executable, "-m", "mailwright.runtime.host")
+
+
 def _altered(source: Path, target: Path, change: dict[str, Any]) -> Path:
     config: dict[str, Any] = json.loads(source.read_text(encoding="utf-8"))
     config.update(change)
@@ -95,20 +99,18 @@ def test_a_config_without_a_field_is_refused_in_one_line(
         read_host_config(path)
 
 
-def test_a_host_refuses_a_config_of_another_format(seed_artifacts: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("member", "kind"), [("host.json", "host config"), ("bundle.json", "bundle")]
+)
+def test_a_host_refuses_a_bundle_of_another_format(
+    seed_artifacts: Path, tmp_path: Path, member: str, kind: str
+) -> None:
     """A real host process: one line on stderr, exit status 1, nothing served."""
-    path = _altered(
-        seed_artifacts / "DCNW/hosts/athena.json", tmp_path / "athena.json", {"format_version": 2}
-    )
+    bundle = tmp_path / "bundle"
+    write_bundle(seed_artifacts / "DCNW", "athena", bundle, None)
+    path = _altered(bundle / member, bundle / member, {"format_version": 2})
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mailwright.runtime.host",
-            str(path),
-            "--state",
-            str(tmp_path),
-        ],
+        [*HOST, str(bundle), "--data", str(tmp_path / "data"), "--bind", "127.0.0.1"],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,7 +119,21 @@ def test_a_host_refuses_a_config_of_another_format(seed_artifacts: Path, tmp_pat
     assert done.returncode == 1
     assert done.stdout == ""
     assert done.stderr == (
-        f"error: {path} has host config format 2; this mailwright reads format {FORMAT_VERSION}\n"
+        f"error: {path} has {kind} format 2; this mailwright reads format {FORMAT_VERSION}\n"
+    )
+
+
+def test_a_host_refuses_a_folder_that_is_no_bundle(seed_artifacts: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [*HOST, str(seed_artifacts / "DCNW"), "--data", str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert (done.returncode, done.stdout) == (1, "")
+    assert (
+        done.stderr == f"error: {seed_artifacts / 'DCNW'} is not a bundle: it has no bundle.json\n"
     )
 
 

@@ -40,7 +40,8 @@ from hypothesis import strategies as st
 
 from mailwright.compiler.build import compile_specs
 from mailwright.runtime.auth.accounts import Account, Accounts
-from mailwright.runtime.contract import HostConfig, read_host_config
+from mailwright.runtime.contract import AddressMap, HostConfig, LocalAddress, read_host_config
+from mailwright.runtime.discovery import Peers
 from mailwright.runtime.formats import parse as ims_module
 from mailwright.runtime.formats.message import (
     Address,
@@ -58,7 +59,6 @@ from mailwright.runtime.mta.agent import Mta
 from mailwright.runtime.mta.ndr import REPORT_FLAG, is_report
 from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
 from mailwright.runtime.mta.router import Router
-from mailwright.runtime.mta.transfer import endpoints_in
 from mailwright.runtime.nameserver import Authority, NameServer
 from mailwright.runtime.store.mailstore import MailStore
 from mailwright.runtime.store.pop3 import Pop3Server
@@ -100,6 +100,10 @@ class SmtpListener:
         if tasks:
             await asyncio.wait(tasks, timeout=TIMEOUT)
         await self.listener.wait_closed()
+
+
+def no_peers(server: str) -> None:
+    """An MTA of these tests transfers nothing to other servers."""
 
 
 @pytest.fixture
@@ -179,7 +183,7 @@ def start_ims(  # noqa: PLR0917 - fixtures
         store = MailStore(state / "hosts" / "arlington" / "store")
         accounts = Accounts(fast_accounts)
         router = Router.load(config, seed_artifacts / "Minasi")
-        mta = Mta(config, router, state, store, accounts, endpoints_in(state))
+        mta = Mta(config, router, state / "hosts" / "arlington", store, accounts, no_peers)
         handler = InboundHandler(mta, config.connector, accounts)
         port = listen(
             server_loop,
@@ -809,9 +813,15 @@ def gateway(
     state = tmp_path / "state"
     store = MailStore(state / "hosts" / "gw" / "store")
     router = Router.load(config, sender_artifacts)
-    mta = Mta(config, router, state, store, Accounts({}), endpoints_in(state))
+    mta = Mta(config, router, state / "hosts" / "gw", store, Accounts({}), no_peers)
     exchangers: dict[str, tuple[str, int]] = {}
-    outbound = Outbound(mta, config.connector, lambda: (HOST, dns_port), exchangers.get)
+
+    def peers() -> Peers:
+        """The test's DNS server, and the SMTP servers the test put at MX addresses."""
+        hosts = {ip: LocalAddress(h, {"smtp": p}) for ip, (h, p) in exchangers.items()}
+        return Peers({}, AddressMap(hosts, (f"{HOST}:{dns_port}",)))
+
+    outbound = Outbound(mta, config.connector, peers, HOST)
 
     async def start() -> list[asyncio.Task[None]]:
         return [asyncio.create_task(mta.run()), asyncio.create_task(outbound.run())]

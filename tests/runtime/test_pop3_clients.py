@@ -9,7 +9,6 @@ import re
 import signal
 import ssl
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 import pytest
 
 from mailwright.runtime.store.mailstore import MailStore, message_uid, to_lf
+from tests.helpers import host_command
 
 SIMPLE = (
     b"From: jane@dcnw.com\r\n"
@@ -241,19 +241,17 @@ class Host:
     """`python -m mailwright.runtime.host` on a state directory, stopped by its pid."""
 
     def __init__(self, config: Path, state: Path) -> None:
-        command = [sys.executable, "-m", "mailwright.runtime.host", str(config)]
-        command += ["--state", str(state), "--pop3-port", "0", "--transfer-port", "0"]
         self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            host_command(config, state), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.stderr = ""
         assert self.process.stdout is not None
         ready = self.process.stdout.readline()
-        match = re.search(r"\bpop3=127\.0\.0\.1:(\d+)\b", ready)
+        match = re.search(r"\bpop3=([\d.]+):(\d+)\b", ready)
         if match is None:
             self.stop()
             pytest.fail(f"host did not get ready: {ready!r} {self.stderr!r}")
-        self.port = int(match[1])
+        self.address, self.port = match[1], int(match[2])
 
     def stop(self) -> int:
         if self.process.returncode is None:
@@ -285,7 +283,7 @@ def test_host_process_serves_the_seed_mailboxes(
     store = MailStore(tmp_path / "state" / "hosts" / arlington["server"]["name"] / "store")
     for message_id, data in MESSAGES:
         assert store.deliver("mark", message_id, data)
-    client = poplib.POP3("127.0.0.1", host.port, timeout=10)
+    client = poplib.POP3(host.address, host.port, timeout=10)
     try:
         assert client.getwelcome().startswith(b"+OK mailwright POP3 server version ")
         assert "STLS" in client.capa()
@@ -299,7 +297,7 @@ def test_host_process_serves_the_seed_mailboxes(
         client.quit()
     finally:
         client.close()
-    paula = poplib.POP3("127.0.0.1", host.port, timeout=10)
+    paula = poplib.POP3(host.address, host.port, timeout=10)
     try:
         paula.user("paula")
         with pytest.raises(poplib.error_proto, match=r"-ERR \[AUTH\] POP3 is disabled"):
@@ -311,7 +309,7 @@ def test_host_process_serves_the_seed_mailboxes(
     # redelivery of a message already taken (and deleted) is not taken again.
     assert not store.deliver("mark", *MESSAGES[0])
     host = start_host()
-    client = poplib.POP3("127.0.0.1", host.port, timeout=10)
+    client = poplib.POP3(host.address, host.port, timeout=10)
     try:
         client.user("mark")
         client.pass_("demo-mark")
@@ -333,5 +331,5 @@ def test_host_process_with_curl(
     host = start_host()
     store = MailStore(tmp_path / "state" / "hosts" / arlington["server"]["name"] / "store")
     store.deliver("mark", *MESSAGES[1])
-    assert curl(f"pop3://127.0.0.1:{host.port}/1", "--ssl-reqd", "-k") == DOTS
+    assert curl(f"pop3://{host.address}:{host.port}/1", "--ssl-reqd", "-k") == DOTS
     assert host.stop() == 0, host.stderr

@@ -28,11 +28,10 @@ from mailwright.runtime.contract import HostConfig
 from mailwright.runtime.host.change import runtime_action
 from mailwright.runtime.mta.agent import Mta
 from mailwright.runtime.mta.router import Router
-from mailwright.runtime.mta.transfer import endpoints_in
 from mailwright.runtime.store.mailstore import MailStore
 from mailwright.runtime.targets import LaunchError
 from mailwright.runtime.targets.local import wait_until_running
-from tests.helpers import SEED_DIR, Process
+from tests.helpers import SEED_DIR, Process, bundle_applied
 
 Change = Callable[[dict[str, Any]], None]
 
@@ -144,7 +143,7 @@ def test_mta_reload_swaps_the_per_mailbox_tables(
     host = HostConfig.from_json(arlington)
     accounts = Accounts(accounts_from_host(host))
     router = Router.load(host, seed_artifacts / "Minasi")
-    mta = Mta(host, router, tmp_path, store, accounts, endpoints_in(tmp_path))
+    mta = Mta(host, router, tmp_path, store, accounts, lambda _: None)
     paula = store.mailbox("paula")
     kept = store.mailbox("mark")
 
@@ -231,20 +230,23 @@ def test_a_host_whose_reload_fails_keeps_serving_what_it_runs(
     host = start_host(state / "artifacts/1/Minasi/hosts/arlington.json", state)
     assert _loaded(state) == {"serial": None, "failed": None}  # started by hand, not by serial
 
-    state_file = state / "state.json"
-    text = state_file.read_text(encoding="utf-8")
-    state_file.write_text(json.dumps({**json.loads(text), "serial": 7}), encoding="utf-8")
+    # A bundle of serial 7 whose GAL is cut short.
+    bundle = state / "bundles/Minasi/arlington"
+    manifest, gal = (bundle / "bundle.json").read_text(), (bundle / "gal.json").read_bytes()
+    (bundle / "bundle.json").write_text(json.dumps({**json.loads(manifest), "serial": 7}))
+    (bundle / "gal.json").write_bytes(gal[: len(gal) // 2])
     host.send_signal(signal.SIGHUP)
     wait_until(lambda: _loaded(state)["failed"] is not None, 10, "the failed reload")
     assert _loaded(state)["failed"]["serial"] == 7
-    assert "FileNotFoundError" in _loaded(state)["failed"]["error"]
+    assert "is not a GAL" in _loaded(state)["failed"]["error"]
     assert host.poll() is None
     client = poplib.POP3(*endpoint(state, "arlington", "pop3"), timeout=10)
     assert client.quit().startswith(b"+OK")
 
-    state_file.write_text(text, encoding="utf-8")
+    (bundle / "bundle.json").write_text(manifest)
+    (bundle / "gal.json").write_bytes(gal)
     host.send_signal(signal.SIGHUP)
-    wait_until(lambda: _loaded(state) == {"serial": 1, "failed": None}, 10, "the reload")
+    wait_until(lambda: _loaded(state) == {"serial": None, "failed": None}, 10, "the reload")
 
 
 def test_the_ims_in_the_host_process_follows_a_reload(  # noqa: PLR0917 - fixtures
@@ -267,6 +269,7 @@ def test_the_ims_in_the_host_process_follows_a_reload(  # noqa: PLR0917 - fixtur
     spec.write_text(text.replace(mark, mark + newbie), encoding="utf-8")
     done = mailwright("apply", str(spec), "--state", str(state), "--auto-approve")
     assert done.returncode == 0, done.stderr
+    bundle_applied(state, "Minasi", "arlington")
     host.send_signal(signal.SIGHUP)
     wait_until(lambda: _loaded(state)["serial"] == 2, 10, "the reload")
     assert rcpt(smtp, "newbie@minasi.com") == 250

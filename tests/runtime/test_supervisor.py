@@ -10,6 +10,7 @@ the backoff is tested without waiting for it. tests/e2e/test_supervisor.py runs 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,7 @@ while True:
 """
 # A host that dies at once.
 DIES = "import sys; sys.exit(3)"
+PEM = GOLDEN / "seed/Minasi/gwart.txt"  # stands in for a certificate: only copied, never read
 ARLINGTON = json.loads((GOLDEN / "seed/Minasi/hosts/arlington.json").read_text(encoding="utf-8"))
 
 
@@ -94,11 +96,18 @@ def state(tmp_path: Path) -> Path:
 
 def apply(state: Path, serial: int, hosts: dict[str, tuple[str, dict[str, Any]]]) -> None:
     """What `apply` leaves for the supervisor: each host's config under the serial's artifacts
-    (laid out as the compiler writes it) and the state's serial and host addresses."""
+    (laid out as the compiler writes it, beside the seed's other Minasi artifacts) and the
+    state's serial and host addresses."""
     for name, (_, config) in hosts.items():
         organization, server = name.split("/", 1)
-        path = state / "artifacts" / str(serial) / organization / "hosts" / f"{server}.json"
+        tree = state / "artifacts" / str(serial) / organization
+        if not tree.exists():
+            shutil.copytree(GOLDEN / "seed/Minasi", tree)
+        path = tree / "hosts" / f"{server}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
+        servers = json.loads((tree / "servers.json").read_text(encoding="utf-8"))
+        servers[server] = {k: v for k, v in config["server"].items() if k != "name"}
+        (tree / "servers.json").write_text(json.dumps(servers), encoding="utf-8")
         path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     addresses = {name: address for name, (address, _) in hosts.items()}
     document = {"serial": serial, "host_addresses": addresses}
@@ -147,11 +156,11 @@ def running(commands: Commands, state: Path) -> Supervisor:
 def test_reconcile_starts_each_host_of_the_serial_on_its_address(
     running: Supervisor, commands: Commands, state: Path
 ) -> None:
-    config = state / "artifacts/1/Minasi/hosts/arlington.json"
+    bundle = state / "hosts/arlington/bundle"
     [arguments] = commands.asked
-    assert arguments[:4] == [sys.executable, "-m", "mailwright.runtime.host", str(config)]
-    assert arguments[4:10] == ["--state", str(state), "--bind", "127.0.1.9", "--serial", "1"]
-    asked_ports = dict(zip(arguments[10::2], map(int, arguments[11::2]), strict=True))
+    assert arguments[:4] == [sys.executable, "-m", "mailwright.runtime.host", str(bundle)]
+    assert arguments[4:8] == ["--data", str(state / "hosts/arlington"), "--bind", "127.0.1.9"]
+    asked_ports = dict(zip(arguments[8::2], map(int, arguments[9::2]), strict=True))
     assert asked_ports == {f"--{service}-port": port for service, port in ports().items()}
     host = running.hosts["Minasi/arlington"]
     assert host.process is commands.started[0]
@@ -172,7 +181,7 @@ def test_a_start_forgets_what_the_last_process_reported(commands: Commands, stat
         (reports / report).write_text("{}", encoding="utf-8")
     apply(state, 1, {"Minasi/arlington": ("127.0.1.9", ARLINGTON)})
     started(state)
-    assert sorted(p.name for p in reports.iterdir()) == []
+    assert sorted(p.name for p in reports.iterdir()) == ["bundle"]
 
 
 # --- converge: restart or reload ------------------------------------------------------------
@@ -187,7 +196,7 @@ def test_a_change_of_mailboxes_is_a_sighup_to_the_same_process(
     host = running.hosts["Minasi/arlington"]
     assert len(commands.asked) == 1
     assert host.process is commands.started[0] and host.process.poll() is None
-    assert host.config == state / "artifacts/2/Minasi/hosts/arlington.json"
+    assert host.config.resolve() == state / "bundles/2/Minasi/arlington/host.json"
     assert host.events[-1].endswith("reloading serial 2")
 
 
@@ -196,7 +205,7 @@ def test_a_change_of_mailboxes_is_a_sighup_to_the_same_process(
     [
         ({"server_roles": ["store"]}, "127.0.1.9", "roles"),
         ({"server_services": {"pop3": 110}}, "127.0.1.9", "services"),
-        ({"tls": {"cert": "a.pem", "key": "a.key"}}, "127.0.1.9", "tls"),
+        ({"tls": {"certificate": str(PEM), "private_key": str(PEM)}}, "127.0.1.9", "tls"),
         ({}, "127.0.1.10", "address"),
     ],
     ids=["roles", "services", "tls", "address"],
@@ -216,7 +225,7 @@ def test_a_change_of_what_a_host_listens_on_is_a_restart(
     assert first.poll() is not None
     host = running.hosts["Minasi/arlington"]
     assert host.process is second and host.address == address
-    assert commands.asked[1][commands.asked[1].index("--serial") + 1] == "2"
+    assert (state / "hosts/arlington/bundle").resolve() == state / "bundles/2/Minasi/arlington"
     assert any(event.endswith(f"stopped (listens differently: {reason})") for event in host.events)
     assert "SIGHUP" not in log(state, "arlington")
 
@@ -298,7 +307,6 @@ def test_status_says_starting_then_running_with_what_the_host_reported(
         None,
     )
     reports = state / "hosts" / "arlington"
-    reports.mkdir(parents=True)
     (reports / "endpoints.json").write_text('{"pop3": "127.0.1.9:110"}', encoding="utf-8")
     (reports / "loaded.json").write_text('{"serial": 1, "failed": "bad"}', encoding="utf-8")
     (reports / "queue").mkdir()
