@@ -1,14 +1,14 @@
 """The seed article's journey, end to end, across two organizations on loopback.
 
-Both seed specs are applied to one state directory and their four hosts run as real processes
-(DCNW's athena, hermes and dns; Minasi's arlington), each from its bundle on a loopback address
-of its own, started and stopped by the conftest's start_host. Jane, on Athena, sends to
-mark@minasi.com with an attachment: Athena's MTA hands it to Hermes (GWART), Hermes's IMS
-converts it to RFC 5322, finds minasi.com's MX through the embedded DNS and delivers over
-SMTP to Arlington's IMS, which converts it back and hands it to Arlington's store. Mark reads it with three POP3 clients
-(poplib, curl, fetchmail); his reply travels the same way back; a message to Paula (POP3 off
-for her) is stored but she cannot log in; a message to nobody comes back as a non-delivery
-report.
+Both seed specs are applied to one state directory and their four hosts run as real
+processes (DCNW's athena, hermes and dns; Minasi's arlington), each from its bundle on a
+loopback address of its own, started and stopped by the conftest's start_host. Jane, on
+Athena, sends to mark@minasi.com with an attachment: Athena's MTA hands it to Hermes (GWART),
+Hermes's IMS converts it to RFC 5322, finds minasi.com's MX through the embedded DNS and
+delivers over SMTP to Arlington's IMS, which converts it back and hands it to Arlington's
+store. Mark reads it with three POP3 clients (poplib, curl, fetchmail); his reply travels the
+same way back; a message to Paula (POP3 off for her) is stored but she cannot log in; a
+message to nobody comes back as a non-delivery report.
 """
 
 from __future__ import annotations
