@@ -16,6 +16,7 @@ from mailwright.runtime import launcher
 from tests.helpers import DIAGNOSTIC_CASES, SEED_SPECS
 
 SEED = [str(path) for path in SEED_SPECS]
+SEND = ["send", "--from", "a@b", "--to", "c@d", "--subject", "s", "--password-env", "P"]
 INVALID = DIAGNOSTIC_CASES / "proxy_collision.yaml"
 
 # One instance of every mapped type, as the library raises it.
@@ -108,13 +109,9 @@ def test_a_library_error_is_one_line_without_traceback(
         (["purge", "--state", "{tmp}"], "error: name the retained stores to delete, or pass --all"),
         (["logs", "athena", "--state", "{tmp}"], "error: no log for host athena in {tmp}"),
         (["track", "<nothing@here>", "--state", "{tmp}"], "error: no host has seen <nothing@here>"),
+        (SEND, "error: give exactly one of --body and --body-file"),
         (
-            ["send", "--from", "a@b", "--to", "c@d", "--subject", "s", "--password-env", "P"],
-            "error: give exactly one of --body and --body-file",
-        ),
-        (
-            ["send", "--from", "a@b", "--to", "c@d", "--subject", "s", "--password-env", "P"]
-            + ["--body-file", "{tmp}/none.txt"],
+            [*SEND, "--body-file", "{tmp}/none.txt"],
             "error: cannot read {tmp}/none.txt: No such file or directory",
         ),
         (
