@@ -38,7 +38,7 @@ from pathlib import Path
 
 import argon2
 
-from mailwright.runtime.store import MailStore
+from mailwright.runtime.store.mailstore import MailStore
 
 SPEC = """\
 organization: {{name: Acme, domains: [acme.test]}}

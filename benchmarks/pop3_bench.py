@@ -54,8 +54,9 @@ from pathlib import Path
 
 import argon2
 
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
-from mailwright.runtime.store import MailStore
+from mailwright.runtime.auth.accounts import Account, Accounts
+from mailwright.runtime.store.mailstore import MailStore
+from mailwright.runtime.store.pop3 import Pop3Server
 
 TARGET_RATIO = 0.8
 HOST = "127.0.0.1"
@@ -285,13 +286,13 @@ def serve(args: argparse.Namespace) -> None:
     accounts = {}
     for u in range(args.sessions):
         name = alias(u)
-        accounts[name] = Pop3Account(
+        accounts[name] = Account(
             alias=name,
             address=f"{name}@{DOMAIN}",
             password_hash=hasher.hash(password(name)),
             enabled=True,
         )
-    server = Pop3Server(Pop3Accounts(accounts), MailStore(args.serve))
+    server = Pop3Server(Accounts(accounts), MailStore(args.serve))
 
     async def run() -> None:
         stopping = asyncio.Event()

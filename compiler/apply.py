@@ -25,15 +25,11 @@ from mailwright.compiler.state import (
     StateDir,
     StateError,
     fingerprints,
-    write_atomic,
     write_tree_durably,
 )
-from mailwright.runtime.launcher import (
-    LaunchError,
-    Progress,
-    launch,
-    stop_runtime,
-)
+from mailwright.runtime.durable.files import write_atomic
+from mailwright.runtime.targets import LaunchError, Progress, Target
+from mailwright.runtime.targets.local import LocalTarget
 from mailwright.schema import LoadedSpec
 
 PLANFILE_FORMAT_VERSION = 1
@@ -179,9 +175,14 @@ def load_plan(path: Path, state_dir: StateDir) -> PreparedPlan:
 
 
 def apply(
-    prepared: PreparedPlan, state_dir: StateDir, progress: StepProgress | None = None
+    prepared: PreparedPlan,
+    state_dir: StateDir,
+    progress: StepProgress | None = None,
+    runtime: Target | None = None,
 ) -> State:
-    """Write the artifacts and the new state (caller holds the lock and checked safety)."""
+    """Write the artifacts and the new state (caller holds the lock and checked safety), and
+    hand the plan's runtime actions to the target (the local supervisor unless told)."""
+    runtime = runtime or LocalTarget(state_dir.path)
     state = state_dir.read()
     if (state.lineage, state.serial) != (prepared.lineage, prepared.state_serial) and not (
         prepared.state_serial == 0 == state.serial
@@ -205,15 +206,14 @@ def apply(
     _retain_removed_stores(prepared.plan, state_dir, new.serial)
     state_dir.write(new)
     try:
-        launch(
-            state_dir.path,
+        runtime.launch(
             target,
             new.serial,
             prepared.plan.runtime_actions,
             _counted(progress, "Starting hosts"),
         )
     except LaunchError as exc:
-        _roll_back(state_dir, state, target)
+        _roll_back(state_dir, state, target, runtime)
         raise ApplyError(f"{exc}; rolled back to state serial {state.serial}") from None
     old = state_dir.artifacts(state.serial)
     if state.serial and old.exists():
@@ -221,16 +221,16 @@ def apply(
     return new
 
 
-def _roll_back(state_dir: StateDir, previous: State, target: Path) -> None:
+def _roll_back(state_dir: StateDir, previous: State, target: Path, runtime: Target) -> None:
     """The previous state stays current and the previous runtime keeps (or goes back to)
     running; the new artifacts are removed."""
     if previous.serial:
         state_dir.write(previous)
         with contextlib.suppress(LaunchError):
-            launch(state_dir.path, state_dir.artifacts(previous.serial), previous.serial, [])
+            runtime.launch(state_dir.artifacts(previous.serial), previous.serial, [])
     else:
         state_dir.state_file.unlink(missing_ok=True)
-        stop_runtime(state_dir.path)
+        runtime.down()
     shutil.rmtree(target, ignore_errors=True)
 
 

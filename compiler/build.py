@@ -70,7 +70,7 @@ def compile_organization(
         out.files[f"zones/{zone.origin}.zone"] = zone.text
         out.zones[zone.origin] = {"content_hash": zone.content_hash, "serial": zone.serial}
     # Hosts name the shared artifacts they read; a change to those, or to a host's own config,
-    # reloads the host, unless what it listens on changed (runtime/hostchange.py).
+    # reloads the host, unless what it listens on changed (runtime/host/change.py).
     shared = [
         "gal.json",
         "gwart.json",

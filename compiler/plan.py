@@ -23,7 +23,7 @@ from dns.exception import DNSException
 from mailwright.compiler.gal import RECIPIENT_INDENT, recipient_line
 from mailwright.compiler.zonefile import read_compiled_zone
 from mailwright.runtime.contract import RuntimeAction
-from mailwright.runtime.launcher import runtime_action
+from mailwright.runtime.host.change import runtime_action
 from mailwright.schema.loader import gc_paused
 
 SENSITIVE = "(sensitive)"

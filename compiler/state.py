@@ -14,7 +14,6 @@ durable on disk (one syncfs, see write_tree_durably) before state.json names it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import datetime
 import json
 import os
@@ -26,6 +25,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mailwright.runtime.durable.files import (
+    FILES_NEED_FSYNC,
+    fsync_dir,
+    syncfs,
+    write_atomic,
+)
 
 STATE_FORMAT_VERSION = 1
 DEFAULT_STATE_DIR = ".mailwright"
@@ -45,34 +51,6 @@ class LockedError(StateError):
         )
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Temp file in the same folder (created with `mode`), fsync, rename over, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    fsync_dir(path.parent)
-
-
-# syncfs(2) makes a whole file system durable in one call, as the hosts' group commit does
-# (runtime/commit.py); MAILWRIGHT_SYNC=fsync keeps to an fsync of each file and each folder.
-_SYNCFS: Any = (
-    None
-    if os.environ.get("MAILWRIGHT_SYNC") == "fsync"
-    else getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-)
 Progress = Callable[[int, int], None]  # (done, in all)
 
 
@@ -86,13 +64,12 @@ def write_tree_durably(root: Path, files: dict[str, str], progress: Progress | N
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     try:
         folders = _write_tree(root, files, progress)
-        if _SYNCFS is None:
+        if FILES_NEED_FSYNC:
             for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
                 fsync_dir(folder)
             fsync_dir(root.parent)  # root's own name
-        elif _SYNCFS(fd) != 0:
-            error = ctypes.get_errno()
-            raise OSError(error, os.strerror(error), str(root))
+        else:
+            syncfs(fd, root)
     finally:
         os.close(fd)
 
@@ -107,7 +84,7 @@ def _write_tree(root: Path, files: dict[str, str], progress: Progress | None) ->
             folders.update(p for p in path.parents if p.is_relative_to(root))
         with open(path, "w", encoding="utf-8", newline="\n") as handle:
             handle.write(text)
-            if _SYNCFS is None:
+            if FILES_NEED_FSYNC:
                 handle.flush()
                 os.fsync(handle.fileno())
         if progress is not None:

@@ -15,7 +15,8 @@ from mailwright.compiler.plan import UnsafePlanError
 from mailwright.compiler.route import RouteError
 from mailwright.compiler.state import StateError
 from mailwright.compiler.zones import ZoneError
-from mailwright.runtime import launcher
+from mailwright.runtime.submit import SubmitError
+from mailwright.runtime.targets import LaunchError
 
 EXIT_FAILURE = 1
 
@@ -32,8 +33,8 @@ FAILURES: tuple[type[Exception], ...] = (
     StateError,
     UnsafePlanError,
     ZoneError,
-    launcher.LaunchError,
-    launcher.SubmitError,
+    LaunchError,
+    SubmitError,
 )
 
 

@@ -14,7 +14,9 @@ import typer
 from mailwright.compiler.cli.errors import CommandError, cannot
 from mailwright.compiler.cli.output import out
 from mailwright.compiler.cli.params import DEFAULT_STATE, StateOption
-from mailwright.runtime import launcher
+from mailwright.runtime.mta import tracking
+from mailwright.runtime.submit import Submission, submit
+from mailwright.runtime.targets import local as launcher
 
 group = typer.Typer()
 
@@ -54,8 +56,8 @@ def send(
         if password_env
         else typer.prompt("Password", hide_input=True)
     )
-    submission = launcher.Submission(sender, password, to, cc or [], subject, body, attach or [])
-    print(launcher.submit(state, submission))
+    submission = Submission(sender, password, to, cc or [], subject, body, attach or [])
+    print(submit(state, submission))
 
 
 @group.command()
@@ -65,7 +67,7 @@ def track(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON lines.")] = False,
 ) -> None:
     """Show a message's whole path across the hosts, from their tracking logs."""
-    events = launcher.track(state, message_id)
+    events = tracking.track(state, message_id)
     if not events:
         raise CommandError(f"no host has seen {message_id}")
     for event in events:

@@ -30,7 +30,7 @@ from mailwright.compiler.cli.params import DEFAULT_STATE, Specs, StateOption
 from mailwright.compiler.cli.spec import load
 from mailwright.compiler.plan import Action, Plan
 from mailwright.compiler.state import StateDir
-from mailwright.runtime import launcher
+from mailwright.runtime.targets import local as launcher
 from mailwright.schema import LoadedSpec
 
 group = typer.Typer()

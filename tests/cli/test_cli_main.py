@@ -12,7 +12,8 @@ from mailwright.compiler.plan import UnsafePlanError
 from mailwright.compiler.route import RouteError
 from mailwright.compiler.state import LockedError, StateError
 from mailwright.compiler.zones import ZoneError
-from mailwright.runtime import launcher
+from mailwright.runtime.submit import SubmitError
+from mailwright.runtime.targets import LaunchError
 from tests.helpers import DIAGNOSTIC_CASES, SEED_SPECS
 
 SEED = [str(path) for path in SEED_SPECS]
@@ -27,8 +28,8 @@ MAPPED: list[Exception] = [
     LockedError(Path("s/lock"), {"pid": 7, "host": "h", "since": "then"}),
     UnsafePlanError(["deletes 3 mailboxes", "moves 5"]),
     ZoneError("dcnw.com", ["no SOA", "two CNAMEs"]),
-    launcher.LaunchError("athena did not start:\nport 25 in use"),
-    launcher.SubmitError("wrong password for jane@dcnw.com"),
+    LaunchError("athena did not start:\nport 25 in use"),
+    SubmitError("wrong password for jane@dcnw.com"),
 ]
 
 

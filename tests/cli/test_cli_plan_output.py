@@ -137,7 +137,7 @@ def test_a_tree_is_written_whole_either_way(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, syncfs: bool
 ) -> None:
     if not syncfs:
-        monkeypatch.setattr("mailwright.compiler.state._SYNCFS", None)
+        monkeypatch.setattr("mailwright.compiler.state.FILES_NEED_FSYNC", True)
     files = {"manifest.json": "{}\n", "Org/gal.json": "[]\n", "Org/hosts/a.json": "{}\n"}
     seen: list[tuple[int, int]] = []
     write_tree_durably(tmp_path / "tree", files, lambda done, total: seen.append((done, total)))

@@ -18,8 +18,8 @@ from mailwright.compiler.state import (
     State,
     StateDir,
     StateError,
-    write_atomic,
 )
+from mailwright.runtime.durable.files import write_atomic
 
 
 def test_a_missing_state_reads_as_empty(tmp_path: Path) -> None:

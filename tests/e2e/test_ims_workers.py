@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime.ims import from_rfc5322
-from mailwright.runtime.message import Address
-from mailwright.runtime.queue import MessageQueue, QueueEntry
+from mailwright.runtime.formats.message import Address
+from mailwright.runtime.formats.parse import from_rfc5322
+from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
 from tests.helpers import SEED_DIR, Process
 
 WORKERS = 2

@@ -25,9 +25,9 @@ from pathlib import Path
 import argon2
 import pytest
 
-from mailwright.runtime.message import Address, Recipient, encode, new_message
-from mailwright.runtime.store import MailStore, message_uid
-from mailwright.runtime.transfer import recipients_payload, send_frame
+from mailwright.runtime.formats.message import Address, Recipient, encode, new_message
+from mailwright.runtime.mta.transfer import recipients_payload, send_frame
+from mailwright.runtime.store.mailstore import MailStore, message_uid
 from tests.helpers import Endpoint, Mailwright, Process, WaitUntil
 
 SEEDED = 500

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import argon2
 
-from mailwright.runtime.store import MailStore
+from mailwright.runtime.store.mailstore import MailStore
 from tests.helpers import Endpoint, Mailwright, Process
 
 SPEC = """\

@@ -20,7 +20,7 @@ from pathlib import Path
 import argon2
 import pytest
 
-from mailwright.runtime.store import MailStore
+from mailwright.runtime.store.mailstore import MailStore
 from tests.helpers import MAILWRIGHT
 
 SPEC = """\

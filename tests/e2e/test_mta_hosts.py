@@ -26,9 +26,9 @@ from typing import Any
 import argon2
 import pytest
 
-from mailwright.runtime.message import Address, Recipient, encode, new_message
-from mailwright.runtime.queue import MessageQueue, QueueEntry
-from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from mailwright.runtime.formats.message import Address, Recipient, encode, new_message
+from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
+from mailwright.runtime.mta.transfer import TransferError, recipients_payload, send_frame
 from tests.helpers import Endpoint, Mailwright, Messages, Process, WaitUntil
 
 ANN, AL, BOB = "ann@acme.test", "al@acme.test", "bob@acme.test"

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime.message import Address, InternalMessage, Recipient
-from mailwright.runtime.queue import MessageQueue, QueueEntry
+from mailwright.runtime.formats.message import Address, InternalMessage, Recipient
+from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
 from tests.helpers import EPOCH, MAILWRIGHT, SEED_DIR
 
 
@@ -199,7 +199,13 @@ def test_a_second_supervisor_for_the_same_state_leaves_the_first_alone(runtime: 
     assert runtime.apply().returncode == 0
     first = runtime.status()["pid"]
     second = subprocess.run(
-        [sys.executable, "-m", "mailwright.runtime.supervisor", "--state", str(runtime.state)],
+        [
+            sys.executable,
+            "-m",
+            "mailwright.runtime.supervisor",
+            "--state",
+            str(runtime.state),
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -22,15 +22,10 @@ from typing import Any, TypeVar
 import argon2
 import pytest
 
+from mailwright.runtime.auth.accounts import Account, Accounts, accounts_from_host
 from mailwright.runtime.contract import HostConfig
-from mailwright.runtime.pop3 import (
-    Pop3Account,
-    Pop3Accounts,
-    Pop3Server,
-    Pop3Session,
-    accounts_from_host,
-)
-from mailwright.runtime.store import MailStore
+from mailwright.runtime.store.mailstore import MailStore
+from mailwright.runtime.store.pop3 import Pop3Server, Pop3Session
 from mailwright.runtime.tls import self_signed, server_context
 from tests.helpers import MAILWRIGHT, SEED_SPECS
 
@@ -72,13 +67,13 @@ def arlington(arlington_path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="session")
-def seed_accounts(arlington: dict[str, Any]) -> dict[str, Pop3Account]:
+def seed_accounts(arlington: dict[str, Any]) -> dict[str, Account]:
     """Arlington's accounts as compiled, with the seed's own argon2id hashes."""
     return accounts_from_host(HostConfig.from_json(arlington))
 
 
 @pytest.fixture(scope="session")
-def fast_accounts(seed_accounts: dict[str, Pop3Account]) -> dict[str, Pop3Account]:
+def fast_accounts(seed_accounts: dict[str, Account]) -> dict[str, Account]:
     """Arlington's accounts with the same demo passwords (`demo-<alias>`) under cheap hashes."""
     return {
         alias: replace(account, password_hash=_FAST_HASHER.hash(f"demo-{alias}"))
@@ -186,14 +181,14 @@ def serve(
 
 @pytest.fixture
 def serve_pop3(
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
     serve: Callable[[Pop3Server], int],
     server_tls: ssl.SSLContext,
 ) -> Callable[[MailStore, bool], int]:
     """A POP3 server over `store` for the seed's accounts (STLS offered if `tls`); its port."""
 
     def start(store: MailStore, tls: bool) -> int:
-        accounts = Pop3Accounts(fast_accounts)
+        accounts = Accounts(fast_accounts)
         return serve(Pop3Server(accounts, store, server_tls if tls else None))
 
     return start

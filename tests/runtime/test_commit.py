@@ -10,24 +10,26 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime import commit
-from mailwright.runtime.commit import GroupCommit
-from mailwright.runtime.store import Mailbox, write_new_file
+from mailwright.runtime.durable import commit, files
+from mailwright.runtime.durable.commit import GroupCommit
+from mailwright.runtime.durable.files import write_new_file
+from mailwright.runtime.store.mailstore import Mailbox
 
 
 @pytest.fixture(params=["syncfs", "fsync"])
 def group(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> GroupCommit:
     if request.param == "fsync":
-        monkeypatch.setattr(commit, "_SYNCFS", None)
+        monkeypatch.setattr(files, "_SYNCFS", None)
+        monkeypatch.setattr(files, "FILES_NEED_FSYNC", True)
         monkeypatch.setattr(commit, "FILES_NEED_FSYNC", True)
-    elif commit.FILES_NEED_FSYNC:
+    elif files.FILES_NEED_FSYNC:
         pytest.skip("no syncfs(2) on this platform")
     return GroupCommit()
 
 
 def _writer(folder: Path, n: int) -> tuple[str, str]:
     temp = str(folder / f".{n}.tmp")
-    write_new_file(temp, f"file {n}".encode(), sync=commit.FILES_NEED_FSYNC)
+    write_new_file(temp, f"file {n}".encode(), sync=files.FILES_NEED_FSYNC)
     return temp, str(folder / f"{n}.msg")
 
 
@@ -106,7 +108,7 @@ def test_a_recovered_callers_name_is_not_waited_for_with_syncfs(
         steps.append("answer")
 
     asyncio.run(one())
-    if commit._SYNCFS is None:  # the fsync of each file is the write's: one flush, the folder
+    if files._SYNCFS is None:  # the fsync of each file is the write's: one flush, the folder
         assert steps == ["write", "publish", "flush", "answer"]
     elif recovered:
         assert steps == ["write", "flush", "publish", "answer"]

@@ -101,7 +101,14 @@ def test_a_host_refuses_a_config_of_another_format(seed_artifacts: Path, tmp_pat
         seed_artifacts / "DCNW/hosts/athena.json", tmp_path / "athena.json", {"format_version": 2}
     )
     done = subprocess.run(
-        [sys.executable, "-m", "mailwright.runtime.host", str(path), "--state", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "mailwright.runtime.host",
+            str(path),
+            "--state",
+            str(tmp_path),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -117,8 +124,8 @@ def test_a_host_refuses_a_config_of_another_format(seed_artifacts: Path, tmp_pat
 def test_a_host_process_loads_neither_pydantic_nor_the_spec() -> None:
     """The host, its IMS workers and the supervisor import the contract, not the spec loader."""
     probe = (
-        "import sys, mailwright.runtime.host, mailwright.runtime.imsworker, "
-        "mailwright.runtime.supervisor\n"
+        "import sys, mailwright.runtime.host.process, mailwright.runtime.ims.workers, "
+        "mailwright.runtime.supervisor.daemon\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('pydantic', 'pydantic_core', 'ruamel', 'yaml', 'typer') "
         "or m.startswith(('mailwright.schema', 'mailwright.compiler'))))"

@@ -39,26 +39,29 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mailwright.compiler.build import compile_specs
-from mailwright.runtime import ims as ims_module
+from mailwright.runtime.auth.accounts import Account, Accounts
 from mailwright.runtime.contract import HostConfig, read_host_config
-from mailwright.runtime.convert import to_rfc5322
-from mailwright.runtime.ims import (
-    MAX_RECEIVED,
-    InboundHandler,
-    Outbound,
-    from_rfc5322,
-    parse_message,
-    smtp_server,
+from mailwright.runtime.formats import parse as ims_module
+from mailwright.runtime.formats.message import (
+    Address,
+    Attachment,
+    InternalMessage,
+    Recipient,
+    new_message,
 )
-from mailwright.runtime.message import Address, Attachment, InternalMessage, Recipient, new_message
-from mailwright.runtime.mta import Mta
+from mailwright.runtime.formats.parse import from_rfc5322, parse_message
+from mailwright.runtime.formats.render import to_rfc5322
+from mailwright.runtime.ims.inbound import MAX_RECEIVED, InboundHandler
+from mailwright.runtime.ims.outbound import Outbound
+from mailwright.runtime.ims.smtpserver import smtp_server
+from mailwright.runtime.mta.agent import Mta
+from mailwright.runtime.mta.ndr import REPORT_FLAG, is_report
+from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
+from mailwright.runtime.mta.router import Router
+from mailwright.runtime.mta.transfer import endpoints_in
 from mailwright.runtime.nameserver import Authority, NameServer
-from mailwright.runtime.ndr import REPORT_FLAG, is_report
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
-from mailwright.runtime.queue import MessageQueue, QueueEntry
-from mailwright.runtime.router import Router
-from mailwright.runtime.store import MailStore
-from mailwright.runtime.transfer import endpoints_in
+from mailwright.runtime.store.mailstore import MailStore
+from mailwright.runtime.store.pop3 import Pop3Server
 from mailwright.schema import load_specs
 from tests.helpers import RequireTool
 from tests.helpers import parse_message as parse
@@ -156,7 +159,7 @@ def start_ims(  # noqa: PLR0917 - fixtures
     smtp_listeners: list[SmtpListener],
     arlington: dict[str, Any],
     seed_artifacts: Path,
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
     server_tls: ssl.SSLContext,
     tmp_path: Path,
 ) -> Callable[..., Ims]:
@@ -174,7 +177,7 @@ def start_ims(  # noqa: PLR0917 - fixtures
                 settings[key] = value
         config = HostConfig.from_json({**arlington, "ims": settings})
         store = MailStore(state / "hosts" / "arlington" / "store")
-        accounts = Pop3Accounts(fast_accounts)
+        accounts = Accounts(fast_accounts)
         router = Router.load(config, seed_artifacts / "Minasi")
         mta = Mta(config, router, state, store, accounts, endpoints_in(state))
         handler = InboundHandler(mta, config.connector, accounts)
@@ -559,7 +562,7 @@ ARRIVING = (
 def test_an_accepted_message_is_queued_before_250_and_served_as_it_arrived(
     start_ims: Callable[..., Ims],
     serve: Callable[[Pop3Server], int],
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
 ) -> None:
     ims = start_ims()
     with client(ims.port) as smtp:
@@ -594,7 +597,7 @@ def test_an_accepted_message_is_queued_before_250_and_served_as_it_arrived(
     # The MTA delivers it; Mark's POP3 serves the bytes as they arrived, our Received on top.
     ims.process()
     assert ims.queued() == []
-    port = serve(Pop3Server(Pop3Accounts(fast_accounts), ims.store))
+    port = serve(Pop3Server(Accounts(fast_accounts), ims.store))
     pop = poplib.POP3(HOST, port, timeout=TIMEOUT)
     try:
         pop.user("mark")
@@ -806,7 +809,7 @@ def gateway(
     state = tmp_path / "state"
     store = MailStore(state / "hosts" / "gw" / "store")
     router = Router.load(config, sender_artifacts)
-    mta = Mta(config, router, state, store, Pop3Accounts({}), endpoints_in(state))
+    mta = Mta(config, router, state, store, Accounts({}), endpoints_in(state))
     exchangers: dict[str, tuple[str, int]] = {}
     outbound = Outbound(mta, config.connector, lambda: (HOST, dns_port), exchangers.get)
 

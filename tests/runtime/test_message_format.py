@@ -12,8 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailwright.runtime.convert import imcea, to_rfc5322
-from mailwright.runtime.message import (
+from mailwright.runtime.formats.message import (
     Address,
     Attachment,
     Hop,
@@ -23,6 +22,7 @@ from mailwright.runtime.message import (
     decode,
     encode,
 )
+from mailwright.runtime.formats.render import imcea, to_rfc5322
 from tests.helpers import GOLDEN
 
 FIXTURE = GOLDEN / "internal-message-v1.cbor"

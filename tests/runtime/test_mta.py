@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime.message import Address, Hop, InternalMessage, Recipient, encode
-from mailwright.runtime.mta import MAX_HOPS
-from mailwright.runtime.transfer import TransferError, recipients_payload, send_frame
+from mailwright.runtime.formats.message import Address, Hop, InternalMessage, Recipient, encode
+from mailwright.runtime.mta.agent import MAX_HOPS
+from mailwright.runtime.mta.transfer import TransferError, recipients_payload, send_frame
 from tests.helpers import SEED_SPECS, Endpoint, Mailwright, Messages, WaitUntil
 
 JANE = "jane@dcnw.com"

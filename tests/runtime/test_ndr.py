@@ -7,8 +7,8 @@ import email
 import email.policy
 from email.message import EmailMessage, Message
 
-from mailwright.runtime.message import Address, InternalMessage, Recipient
-from mailwright.runtime.ndr import Failure, is_report, non_delivery_report
+from mailwright.runtime.formats.message import Address, InternalMessage, Recipient
+from mailwright.runtime.mta.ndr import Failure, is_report, non_delivery_report
 
 NOW = datetime.datetime(2026, 1, 2, 9, 30, tzinfo=datetime.UTC)
 ORIGINAL = InternalMessage(

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime.store import MailStore, message_uid, to_lf
+from mailwright.runtime.store.mailstore import MailStore, message_uid, to_lf
 
 SIMPLE = (
     b"From: jane@dcnw.com\r\n"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
-from mailwright.runtime.store import MailStore, message_uid
+from mailwright.runtime.auth.accounts import Account, Accounts
+from mailwright.runtime.store.mailstore import MailStore, message_uid
+from mailwright.runtime.store.pop3 import Pop3Server
 
 VERSION = version("mailwright")
 GREETING = f"+OK mailwright POP3 server version {VERSION} ready.".encode()
@@ -147,11 +148,11 @@ def test_stls_is_refused_without_tls(port: int, connect: Connect) -> None:
 
 def test_login_with_the_seed_hashes_by_alias_and_by_address(
     store: MailStore,
-    seed_accounts: dict[str, Pop3Account],
+    seed_accounts: dict[str, Account],
     serve: Callable[[Pop3Server], int],
     connect: Connect,
 ) -> None:
-    port = serve(Pop3Server(Pop3Accounts(seed_accounts), store))
+    port = serve(Pop3Server(Accounts(seed_accounts), store))
     for user in ("mark", "mark@minasi.com", "MARK@Minasi.COM"):
         client = connect(port)
         client.user(user)
@@ -279,12 +280,12 @@ def test_a_second_session_gets_in_use(port: int, connect: Connect) -> None:
 def test_uidls_persist_across_sessions_and_a_restart(  # noqa: PLR0917 (fixtures)
     tmp_path: Path,
     store: MailStore,
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
     serve: Callable[[Pop3Server], int],
     stop_server: Callable[[int], None],
     connect: Connect,
 ) -> None:
-    port = serve(Pop3Server(Pop3Accounts(fast_accounts), store))
+    port = serve(Pop3Server(Accounts(fast_accounts), store))
     client = login(connect, port)
     before = client.uidl()[1]
     client.quit()
@@ -295,7 +296,7 @@ def test_uidls_persist_across_sessions_and_a_restart(  # noqa: PLR0917 (fixtures
     stop_server(port)
     store.deliver("mark", "<after@dcnw.com>", SIMPLE)
     # A new process: new store and server objects on the same state directory.
-    port = serve(Pop3Server(Pop3Accounts(fast_accounts), MailStore(tmp_path / "store")))
+    port = serve(Pop3Server(Accounts(fast_accounts), MailStore(tmp_path / "store")))
     client = login(connect, port)
     after = client.uidl()[1]
     assert [line.split()[1] for line in after] == [
@@ -364,11 +365,11 @@ def _other_client(port: int, password: str) -> tuple[bytes, float]:
 
 def test_repeated_failures_are_slowed_down_without_blocking_others(
     store: MailStore,
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
     serve: Callable[[Pop3Server], int],
     connect: Connect,
 ) -> None:
-    accounts = Pop3Accounts(fast_accounts, free_failures=2, delay_base=0.6)
+    accounts = Accounts(fast_accounts, free_failures=2, delay_base=0.6)
     port = serve(Pop3Server(accounts, store))
     client = connect(port)
 
@@ -399,11 +400,11 @@ def test_repeated_failures_are_slowed_down_without_blocking_others(
 
 def test_idle_session_is_logged_out(
     store: MailStore,
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
     serve: Callable[[Pop3Server], int],
     connect: Connect,
 ) -> None:
-    port = serve(Pop3Server(Pop3Accounts(fast_accounts), store, idle_timeout=0.3))
+    port = serve(Pop3Server(Accounts(fast_accounts), store, idle_timeout=0.3))
     client = connect(port)
     started = time.monotonic()
     # RFC 1939 §3: the autologout closes the connection without a response.

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mailwright.runtime.store import MailStore, message_uid
+from mailwright.runtime.store.mailstore import MailStore, message_uid
 
 ERR_STATE = b"-ERR command not valid in this state\r\n"
 ERR_UNKNOWN = b"-ERR unknown command\r\n"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from mailwright.runtime import queue as queue_module
-from mailwright.runtime.message import Address, InternalMessage, Recipient
-from mailwright.runtime.queue import MessageQueue, QueueEntry
+from mailwright.runtime.formats.message import Address, InternalMessage, Recipient
+from mailwright.runtime.mta import queue as queue_module
+from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
 
 
 def _entry(n: int) -> QueueEntry:

@@ -23,13 +23,15 @@ import pytest
 
 from mailwright.compiler.build import to_json
 from mailwright.compiler.plan import runtime_actions
+from mailwright.runtime.auth.accounts import Accounts, accounts_from_host
 from mailwright.runtime.contract import HostConfig
-from mailwright.runtime.launcher import LaunchError, runtime_action, wait_until_running
-from mailwright.runtime.mta import Mta
-from mailwright.runtime.pop3 import Pop3Accounts, accounts_from_host
-from mailwright.runtime.router import Router
-from mailwright.runtime.store import MailStore
-from mailwright.runtime.transfer import endpoints_in
+from mailwright.runtime.host.change import runtime_action
+from mailwright.runtime.mta.agent import Mta
+from mailwright.runtime.mta.router import Router
+from mailwright.runtime.mta.transfer import endpoints_in
+from mailwright.runtime.store.mailstore import MailStore
+from mailwright.runtime.targets import LaunchError
+from mailwright.runtime.targets.local import wait_until_running
 from tests.helpers import SEED_DIR, Process
 
 Change = Callable[[dict[str, Any]], None]
@@ -140,7 +142,7 @@ def test_mta_reload_swaps_the_per_mailbox_tables(
 ) -> None:
     store = MailStore(tmp_path / "store", {"mark": None, "paula": None})
     host = HostConfig.from_json(arlington)
-    accounts = Pop3Accounts(accounts_from_host(host))
+    accounts = Accounts(accounts_from_host(host))
     router = Router.load(host, seed_artifacts / "Minasi")
     mta = Mta(host, router, tmp_path, store, accounts, endpoints_in(tmp_path))
     paula = store.mailbox("paula")

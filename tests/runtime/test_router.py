@@ -8,7 +8,7 @@ import pytest
 
 from mailwright.compiler.build import compile_specs
 from mailwright.runtime.contract import read_host_config
-from mailwright.runtime.router import Decision, Disposition, Router
+from mailwright.runtime.mta.router import Decision, Disposition, Router
 from mailwright.schema import load_specs
 from tests.helpers import SEED_SPECS
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailwright.runtime.smtpdata import TOO_LONG, TOO_MUCH, DataRefusedError, read_data
+from mailwright.runtime.ims.smtpdata import TOO_LONG, TOO_MUCH, DataRefusedError, read_data
 
 LINE_LIMIT = 24
 AFTER = b"QUIT\r\n"  # what a pipelining client sent after the content

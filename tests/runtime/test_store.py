@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, Pop3Server
-from mailwright.runtime.store import (
+from mailwright.runtime.auth.accounts import Account, Accounts
+from mailwright.runtime.store.mailstore import (
     DeliveryError,
     Mailbox,
     MailStore,
     message_uid,
     to_lf,
 )
+from mailwright.runtime.store.pop3 import Pop3Server
 
 MESSAGE = (
     b"From: jane@dcnw.com\r\n"
@@ -138,13 +139,13 @@ def test_messages_come_in_delivery_order_from_new_and_cur(tmp_path: Path) -> Non
 
 def test_deduplication_survives_deletion_over_pop3(
     tmp_path: Path,
-    fast_accounts: dict[str, Pop3Account],
+    fast_accounts: dict[str, Account],
     serve: Callable[[Pop3Server], int],
     connect: Callable[[int], poplib.POP3],
 ) -> None:
     store = MailStore(tmp_path)
     store.deliver("mark", "<1@dcnw.com>", MESSAGE)
-    port = serve(Pop3Server(Pop3Accounts(fast_accounts), store))
+    port = serve(Pop3Server(Accounts(fast_accounts), store))
     client = connect(port)
     client.user("mark")
     client.pass_("demo-mark")

@@ -20,8 +20,8 @@ from typing import Any
 
 import pytest
 
-from mailwright.runtime import supervisor
-from mailwright.runtime.supervisor import MAX_BACKOFF, Supervisor, ports
+from mailwright.runtime.supervisor import daemon as supervisor
+from mailwright.runtime.supervisor.daemon import MAX_BACKOFF, Supervisor, ports
 from tests.helpers import GOLDEN, wait_until
 
 # A host that starts, answers SIGHUP in its log and otherwise sleeps until it is stopped.

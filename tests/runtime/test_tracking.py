@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from mailwright.runtime.tracking import TrackingLog, track
+from mailwright.runtime.mta.tracking import TrackingLog, track
 
 
 def _events(path: Path) -> list[str]:

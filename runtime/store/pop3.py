@@ -2,7 +2,7 @@
 STLS and RFC 3206 response codes).
 
 Protocol and policy are apart, as in aiosmtpd: `Pop3Session` parses lines and answers with the
-RFC's replies from `pop3_<VERB>` methods; `Pop3Accounts` decides who may log in. Each session
+RFC's replies from `pop3_<VERB>` methods; `Accounts` decides who may log in. Each session
 runs its commands one at a time from a queue, so pipelined commands are answered in order.
 """
 
@@ -18,20 +18,13 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import cast
 
-import argon2
-import bcrypt
-
-from mailwright.runtime.contract import HostConfig
-from mailwright.runtime.store import MailStore, StoredMessage
+from mailwright.runtime.auth.accounts import DEFAULT_IDLE_TIMEOUT, Account, Accounts
+from mailwright.runtime.store.mailstore import MailStore, StoredMessage
 
 # RFC 2449 §4: a command line is at most 255 octets, CRLF included.
 MAX_COMMAND_LINE = 255
-# RFC 1939 §3: an autologout timer must be of at least 10 minutes.
-DEFAULT_IDLE_TIMEOUT = 600.0
 CRLF = b"\r\n"
 SMALL_MESSAGE = 64 * 1024  # read inline, without a thread
-# Verified against when the user is unknown, so both failures take the same time.
-_DUMMY_HASH = argon2.PasswordHasher().hash("mailwright: no such user")
 
 OK_SIGNOFF = "+OK mailwright POP3 server signing off"
 ERR_AUTH = "-ERR [AUTH] invalid user name or password"
@@ -55,71 +48,6 @@ class State(enum.Enum):
     UPDATE = "UPDATE"
 
 
-@dataclass(frozen=True)
-class Pop3Account:
-    alias: str
-    address: str  # primary SMTP address: users may log in with it or with the alias
-    password_hash: str
-    enabled: bool
-    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-
-
-def verify_password(password_hash: str, password: str) -> bool:
-    """argon2id or bcrypt, as the spec allows; blocking, so run it off the event loop."""
-    try:
-        if password_hash.startswith("$2"):
-            return bcrypt.checkpw(password.encode(), password_hash.encode())
-        return argon2.PasswordHasher().verify(password_hash, password)
-    except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError, ValueError):
-        return False
-
-
-@dataclass
-class Pop3Accounts:
-    """Policy: who may log in, and how failures from one address are slowed down."""
-
-    accounts: dict[str, Pop3Account]
-    # Failures from one address before the growing delay starts, its base and its cap (seconds).
-    free_failures: int = 3
-    delay_base: float = 1.0
-    delay_cap: float = 30.0
-    _failures: dict[str, int] = field(default_factory=dict)
-    _by_name: dict[str, Pop3Account] = field(init=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.replace(self.accounts)
-
-    def replace(self, accounts: dict[str, Pop3Account]) -> None:
-        """The accounts of a reloaded host config, for logins from now on: a session that
-        logged in keeps its account, and the failures counted per address stay counted."""
-        by_name = {}
-        for account in accounts.values():
-            by_name[account.alias.casefold()] = account
-            by_name[account.address.casefold()] = account
-        self.accounts, self._by_name = accounts, by_name
-
-    def verify_now(self, user: str, password: str) -> Pop3Account | None:
-        """The account, if the password is its own; blocking (for synchronous callers)."""
-        account = self._by_name.get(user.casefold())
-        stored = account.password_hash if account else _DUMMY_HASH
-        return account if verify_password(stored, password) and account else None
-
-    async def authenticate(self, peer: str, user: str, password: str) -> Pop3Account | None:
-        account = self._by_name.get(user.casefold())
-        stored = account.password_hash if account else _DUMMY_HASH
-        loop = asyncio.get_running_loop()
-        valid = await loop.run_in_executor(None, verify_password, stored, password)
-        if account is not None and valid:
-            self._failures.pop(peer, None)
-            return account
-        failures = self._failures[peer] = self._failures.get(peer, 0) + 1
-        if failures > self.free_failures:
-            # Only this session waits; other clients are served meanwhile.
-            excess = failures - self.free_failures - 1
-            await asyncio.sleep(min(self.delay_cap, self.delay_base * 2**excess))
-        return None
-
-
 @dataclass
 class Maildrop:
     messages: list[StoredMessage]
@@ -141,7 +69,7 @@ class Maildrop:
 class Pop3Server:
     def __init__(
         self,
-        accounts: Pop3Accounts,
+        accounts: Accounts,
         store: MailStore,
         tls: ssl.SSLContext | None = None,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
@@ -169,7 +97,7 @@ class Pop3Session(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer = ""
         self.user: str | None = None
-        self.account: Pop3Account | None = None
+        self.account: Account | None = None
         self.maildrop = Maildrop([])
         self.tls_active = False
         self._buffer = b""
@@ -488,17 +416,3 @@ class Pop3Session(asyncio.Protocol):
             return refusal
         self.maildrop.deleted.clear()
         return f"+OK maildrop has {len(self.maildrop.messages)} messages"
-
-
-def accounts_from_host(config: HostConfig) -> dict[str, Pop3Account]:
-    """The POP3 accounts of a compiled host config (`hosts/<server>.json`)."""
-    return {
-        row.alias: Pop3Account(
-            alias=row.alias,
-            address=row.primary["SMTP"],
-            password_hash=password_hash,
-            enabled=row.pop3.enabled,
-            idle_timeout=float(row.pop3.idle_timeout),
-        )
-        for row, password_hash in config.mailboxes
-    }

@@ -14,7 +14,7 @@ import re
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 
-from mailwright.runtime.message import Address, InternalMessage
+from mailwright.runtime.formats.message import Address, InternalMessage
 
 # RFC 2156 / common practice: Importance and X-Priority for the MAPI importance property.
 _PRIORITY = {"high": "1 (Highest)", "normal": "3 (Normal)", "low": "5 (Lowest)"}

@@ -25,7 +25,7 @@ from typing import Any
 
 import cbor2
 
-from mailwright.runtime.message import Address
+from mailwright.runtime.formats.message import Address
 
 MAX_FRAME = 64 * 1024 * 1024
 TIMEOUT = 30.0

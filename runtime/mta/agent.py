@@ -19,23 +19,23 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime.auth.accounts import Account, Accounts, accounts_from_host
 from mailwright.runtime.contract import HostConfig
-from mailwright.runtime.convert import to_rfc5322
-from mailwright.runtime.mailboxmove import MailboxMover, take
-from mailwright.runtime.message import Address, InternalMessage, decode, encode
-from mailwright.runtime.ndr import Failure, non_delivery_report
-from mailwright.runtime.pop3 import Pop3Account, Pop3Accounts, accounts_from_host
-from mailwright.runtime.queue import MessageQueue, QueueEntry, sleep_until_due
-from mailwright.runtime.router import Decision, Disposition, Router
-from mailwright.runtime.store import DeliveryError, MailboxMovedError, MailStore
-from mailwright.runtime.tracking import TrackingLog
-from mailwright.runtime.transfer import (
+from mailwright.runtime.formats.message import Address, InternalMessage, decode, encode
+from mailwright.runtime.formats.render import to_rfc5322
+from mailwright.runtime.mta.mailboxmove import MailboxMover, take
+from mailwright.runtime.mta.ndr import Failure, non_delivery_report
+from mailwright.runtime.mta.queue import MessageQueue, QueueEntry, sleep_until_due
+from mailwright.runtime.mta.router import Decision, Disposition, Router
+from mailwright.runtime.mta.tracking import TrackingLog
+from mailwright.runtime.mta.transfer import (
     Endpoint,
     TransferError,
     recipients_from,
     recipients_payload,
     send_frame,
 )
+from mailwright.runtime.store.mailstore import DeliveryError, MailboxMovedError, MailStore
 
 # RFC 5321 §6.3 counts Received headers against loops; inside the organization we count hops.
 MAX_HOPS = 30
@@ -62,7 +62,7 @@ class MailboxTables:
     """What a host keeps per mailbox of its config, made off the event loop for a reload
     (for 100,000 mailboxes that takes half a second)."""
 
-    accounts: dict[str, Pop3Account]
+    accounts: dict[str, Account]
     formats: dict[str, Format]
     size_limits: dict[str, int | None]
 
@@ -78,7 +78,7 @@ class Mta:
         router: Router,
         state: Path,
         store: MailStore | None,
-        accounts: Pop3Accounts,
+        accounts: Accounts,
         endpoints: Endpoint,
     ) -> None:
         self.server = config.server.name

@@ -3,7 +3,7 @@
     python -m mailwright.runtime.supervisor --state DIR
 
 It outlives the CLI that started it. It follows the state directory: when `apply` writes a new
-serial it starts new hosts, restarts the hosts that listen differently (runtime/hostchange.py:
+serial it starts new hosts, restarts the hosts that listen differently (runtime/host/change.py:
 roles, services, TLS files, or their loopback address), sends every other host SIGHUP to
 reload the serial (its mailboxes, settings, GAL, GWART, zones) with its sessions kept open, and
 stops removed hosts. Each host reports the serial it runs (`loaded.json` beside its
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mailwright.runtime.contract import UNPRIVILEGED_PORTS, WELL_KNOWN_PORTS, Service
-from mailwright.runtime.hostchange import host_change
+from mailwright.runtime.host.change import host_change
 
 MAX_BACKOFF = 30.0
 

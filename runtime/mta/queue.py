@@ -23,15 +23,16 @@ from typing import Any
 
 import cbor2
 
-from mailwright.runtime.commit import COMMIT, FILES_NEED_FSYNC
-from mailwright.runtime.message import Address, InternalMessage, decode, encode
-from mailwright.runtime.store import (
+from mailwright.runtime.durable.commit import COMMIT
+from mailwright.runtime.durable.files import (
+    FILES_NEED_FSYNC,
     fsync_dir,
-    message_uid,
     overwrite_file,
     read_file,
     write_new_file,
 )
+from mailwright.runtime.formats.message import Address, InternalMessage, decode, encode
+from mailwright.runtime.store.mailstore import message_uid
 
 QUEUE_FORMAT_VERSION = 1
 BLANKS_KEPT = 4096

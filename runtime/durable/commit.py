@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import queue
 import threading
@@ -29,16 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-T = TypeVar("T")
+from mailwright.runtime.durable.files import FILES_NEED_FSYNC, sync_folder
 
-# syncfs flushes whatever else is dirty on the file system too: where the state directory
-# shares one with heavy writers of other data, MAILWRIGHT_SYNC=fsync keeps to fsync.
-_SYNCFS: Any = (
-    None
-    if os.environ.get("MAILWRIGHT_SYNC") == "fsync"
-    else getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-)
-FILES_NEED_FSYNC = _SYNCFS is None
+T = TypeVar("T")
 
 
 @dataclass
@@ -95,7 +87,7 @@ def _commit(batch: list[_Job]) -> None:
         except Exception as exc:  # the caller's own failure, raised in the caller
             job.error = exc
     folders = sorted({job.folder for job in batch})
-    if _SYNCFS is not None:
+    if not FILES_NEED_FSYNC:
         _durable(batch, folders)  # the data, before any name points at it
     for job in batch:
         if job.error is None:
@@ -104,7 +96,7 @@ def _commit(batch: list[_Job]) -> None:
             except Exception as exc:
                 job.error = exc
     # Without syncfs a file's name in its folder is durable only by that folder's fsync.
-    named = [job for job in batch if not job.recovered or _SYNCFS is None]
+    named = [job for job in batch if not job.recovered or FILES_NEED_FSYNC]
     if named:
         _durable(named, sorted({job.folder for job in named}))
     for loop in {job.future.get_loop() for job in batch}:
@@ -118,19 +110,11 @@ def _commit(batch: list[_Job]) -> None:
 def _durable(batch: list[_Job], folders: list[Path]) -> None:
     """syncfs of each file system the folders are on, or an fsync of each folder. On failure
     nothing of the batch there is durable: each of its callers is told."""
-    if _SYNCFS is not None:
+    if not FILES_NEED_FSYNC:
         folders = list({_device(f): f for f in reversed(folders)}.values())
     for folder in folders:
         try:
-            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                if _SYNCFS is None:
-                    os.fsync(fd)
-                elif _SYNCFS(fd) != 0:
-                    error = ctypes.get_errno()
-                    raise OSError(error, os.strerror(error), str(folder))
-            finally:
-                os.close(fd)
+            sync_folder(folder)
         except OSError as exc:
             device = _device(folder)
             for job in batch:

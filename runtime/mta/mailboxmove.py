@@ -27,8 +27,9 @@ import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from mailwright.runtime.store import MailStore, MovedMessage, StoredMessage, read_file
-from mailwright.runtime.transfer import Endpoint, TransferError, send_frame
+from mailwright.runtime.durable.files import read_file
+from mailwright.runtime.mta.transfer import Endpoint, TransferError, send_frame
+from mailwright.runtime.store.mailstore import MailStore, MovedMessage, StoredMessage
 
 BATCH_MESSAGES = 100
 BATCH_BYTES = 16 * 1024 * 1024

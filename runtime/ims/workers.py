@@ -1,6 +1,6 @@
 """IMS inbound workers: processes that share the host's SMTP port and queue into its MTA.
 
-    python -m mailwright.runtime.imsworker CONFIG --state DIR --fd N [--serial N]
+    python -m mailwright.runtime.ims.workers CONFIG --state DIR --fd N [--serial N]
 
 One Python process spends a core on aiosmtpd's protocol work alone, so on a machine with
 several cores the host binds the SMTP socket and starts workers that all accept on it (the
@@ -30,12 +30,13 @@ from typing import Any
 
 import uvloop
 
-from mailwright.runtime.ims import InboundHandler, smtp_server
-from mailwright.runtime.mta import Mta
-from mailwright.runtime.pop3 import Pop3Accounts
-from mailwright.runtime.queue import QueueEntry
-from mailwright.runtime.snapshot import Snapshot, steady_heap
-from mailwright.runtime.transfer import endpoints_in
+from mailwright.runtime.auth.accounts import Accounts
+from mailwright.runtime.host.snapshot import Snapshot, steady_heap
+from mailwright.runtime.ims.inbound import InboundHandler
+from mailwright.runtime.ims.smtpserver import smtp_server
+from mailwright.runtime.mta.agent import Mta
+from mailwright.runtime.mta.queue import QueueEntry
+from mailwright.runtime.mta.transfer import endpoints_in
 
 WORKERS_ENV = "MAILWRIGHT_IMS_WORKERS"
 RESTART_DELAY = 1.0
@@ -91,7 +92,7 @@ class ImsWorkers:
 
     def _command(self) -> list[str]:
         config, serial = self.config
-        command = [sys.executable, "-m", "mailwright.runtime.imsworker", str(config)]
+        command = [sys.executable, "-m", "mailwright.runtime.ims.workers", str(config)]
         command += ["--state", str(self.state), "--fd", str(self.socket.fileno())]
         return command + ([] if serial is None else ["--serial", str(serial)])
 
@@ -185,10 +186,10 @@ def _serial_from(text: str) -> int | None:
 
 async def serve(config_path: Path, state: Path, fd: int, serial: int | None) -> None:
     # Imported here: the host module imports this one's ImsWorkers.
-    from mailwright.runtime.host import tls_context  # noqa: PLC0415
+    from mailwright.runtime.host.process import tls_context  # noqa: PLC0415
 
     snapshot = Snapshot.read(config_path, serial)
-    accounts = Pop3Accounts(snapshot.tables.accounts)
+    accounts = Accounts(snapshot.tables.accounts)
     front = FrontEnd(snapshot.config, snapshot.router, state, None, accounts, endpoints_in(state))
     handler = InboundHandler(front, snapshot.config.connector, accounts)
     steady_heap()

@@ -15,8 +15,8 @@ from email.message import Message
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 
-from mailwright.runtime.convert import to_rfc5322
-from mailwright.runtime.message import Address, InternalMessage, Recipient
+from mailwright.runtime.formats.message import Address, InternalMessage, Recipient
+from mailwright.runtime.formats.render import to_rfc5322
 
 REPORT_FLAG = "report"
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mailwright.runtime.contract import HostConfig, read_host_config
-from mailwright.runtime.mta import MailboxTables
+from mailwright.runtime.mta.agent import MailboxTables
+from mailwright.runtime.mta.router import Router
 from mailwright.runtime.nameserver import Authority, load_zones
-from mailwright.runtime.router import Router
 
 
 class SnapshotError(Exception):

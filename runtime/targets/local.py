@@ -1,53 +1,27 @@
-"""The seam between the CLI and the runtime. The compiler package imports only this module
-and the standard-library ones both sides share: the host contract (runtime/contract.py) and
-the routing vocabulary (runtime/routing.py).
+"""The local target: a supervisor process on this machine (runtime/supervisor/) runs every host
+on a loopback address of its own.
 
-`apply` hands over the runtime actions its plan implies (host started, restarted, reloaded,
-stopped) with the folder of the newly applied artifacts; this seam records them, one JSON line
-each, in `<state>/runtime/actions.jsonl`, and waits until every host runs the new serial. The
-plan asks `runtime_action` which action a host's change implies: the runtime owns the host
-contract, and its supervisor follows the same rule (runtime/hostchange.py). `mailwright send` and
-`mailwright track` reach the running hosts through it too.
+`launch` records the runtime actions of an applied serial, one JSON line each, in
+`<state>/runtime/actions.jsonl`, starts the supervisor if none runs (or has it look again),
+and waits until every host runs the new serial and answers. The supervisor decides restart or
+reload by the same rule the plan showed (runtime/host/change.py).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import mimetypes
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mailwright.runtime.contract import RuntimeAction, read_gal
-from mailwright.runtime.hostchange import runtime_action
-from mailwright.runtime.message import Address, Attachment, Recipient, encode, new_message
-from mailwright.runtime.tracking import track
-from mailwright.runtime.transfer import TransferError, endpoints_in, recipients_payload, send_frame
-
-__all__ = [
-    "LaunchError",
-    "Submission",
-    "SubmitError",
-    "launch",
-    "runtime_action",
-    "start_runtime",
-    "status",
-    "stop_runtime",
-    "submit",
-    "track",
-    "wait_until_moved",
-]
-
-
-Progress = Callable[[int, int], None]  # (hosts answering, hosts in all)
+from mailwright.runtime.contract import RuntimeAction
+from mailwright.runtime.targets import LaunchError, Progress
 
 
 def launch(
@@ -120,10 +94,6 @@ def _entries(folder: Path) -> int:
         return 0
 
 
-class LaunchError(Exception):
-    """The runtime did not come up as applied; the message names the hosts and why."""
-
-
 def supervisor_pid(state_dir: Path) -> int | None:
     try:
         pid = int((state_dir / "runtime" / "supervisor.pid").read_text())
@@ -143,7 +113,13 @@ def start_runtime(state_dir: Path) -> None:
     runtime.mkdir(parents=True, exist_ok=True)
     with open(runtime / "supervisor.log", "ab") as log:
         subprocess.Popen(
-            [sys.executable, "-m", "mailwright.runtime.supervisor", "--state", str(state_dir)],
+            [
+                sys.executable,
+                "-m",
+                "mailwright.runtime.supervisor",
+                "--state",
+                str(state_dir),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -223,91 +199,31 @@ def stop_runtime(state_dir: Path, timeout: float = 30.0) -> bool:
     return True
 
 
-class SubmitError(Exception):
-    """A message that could not be submitted; the message says why, in one line."""
+class LocalTarget:
+    """The Target of a state directory's supervisor (runtime/targets/__init__.py)."""
 
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
 
-@dataclass(frozen=True)
-class Submission:
-    sender: str
-    password: str
-    to: Sequence[str]
-    cc: Sequence[str]
-    subject: str
-    body: str
-    attachments: Sequence[Path] = ()
+    def launch(
+        self,
+        artifacts: Path,
+        serial: int,
+        actions: Sequence[RuntimeAction],
+        progress: Progress | None = None,
+    ) -> None:
+        launch(self.state_dir, artifacts, serial, actions, progress)
 
+    def ensure_running(self, serial: int, progress: Progress | None = None) -> None:
+        ensure_running(self.state_dir, serial, progress)
 
-def parse_address(text: str) -> Address:
-    """`TYPE:address`, or the type recognized from its shape (user@domain, c=..;.., NET/PO/BOX)."""
-    prefix, sep, rest = text.partition(":")
-    if sep and prefix.upper() in ("SMTP", "X400", "MS"):
-        return Address(rest, type=prefix.upper())
-    kind = "SMTP" if "@" in text else "X400" if "=" in text else "MS"
-    return Address(text, type=kind)
+    def wait_until_moved(
+        self, stores: Sequence[tuple[str, str]], progress: Progress | None = None
+    ) -> list[str]:
+        return wait_until_moved(self.state_dir, stores, progress)
 
+    def status(self) -> dict[str, Any]:
+        return status(self.state_dir)
 
-def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str, str]:
-    """(organization, home server, alias, display name, primary SMTP address) of the mailbox
-    owning `sender` (any of its addresses, or its alias), from the applied artifacts."""
-    try:
-        serial = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))["serial"]
-    except (OSError, ValueError, KeyError):
-        raise SubmitError(
-            f"nothing is applied in {state_dir}; run `mailwright apply` first"
-        ) from None
-    wanted = sender.casefold()
-    for gal_file in sorted((state_dir / "artifacts" / str(serial)).glob("*/gal.json")):
-        for row in read_gal(gal_file):
-            addresses = [*row.primary.values(), *(s.partition(":")[2] for s in row.secondary)]
-            if wanted in {a.casefold() for a in addresses} | {row.alias.casefold()}:
-                return (
-                    gal_file.parent.name,
-                    row.home_server,
-                    row.alias,
-                    row.display_name,
-                    row.primary["SMTP"],
-                )
-    raise SubmitError(f"no mailbox has the address {sender}")
-
-
-def submit(state_dir: Path, submission: Submission) -> str:
-    """Submit in the internal format to the sender's home server (the seed's step 1);
-    returns the message id once the home server's queue holds it."""
-    organization, home, alias, display_name, address = _home_of(state_dir, submission.sender)
-    endpoint = endpoints_in(state_dir)(home)
-    if endpoint is None:
-        raise SubmitError(f"{organization}'s server {home} is not running")
-    try:
-        attachments = tuple(
-            Attachment(
-                p.name,
-                mimetypes.guess_type(p.name)[0] or "application/octet-stream",
-                p.read_bytes(),
-            )
-            for p in submission.attachments
-        )
-    except OSError as exc:
-        raise SubmitError(f"cannot read attachment: {exc}") from None
-    recipients = [Recipient(parse_address(a), "to") for a in submission.to]
-    recipients += [Recipient(parse_address(a), "cc") for a in submission.cc]
-    # The mailbox sends as its primary SMTP address, whichever of its addresses named it.
-    message = new_message(
-        Address(address, display_name),
-        recipients=recipients,
-        subject=submission.subject,
-        body=submission.body,
-        attachments=attachments,
-        domain=address.rpartition("@")[2],
-    )
-    document = {
-        "user": alias,
-        "password": submission.password,
-        "message": encode(message),
-        "rcpt": recipients_payload([r.address for r in recipients]),
-    }
-    try:
-        asyncio.run(send_frame(*endpoint, "SUBMIT", document))
-    except TransferError as exc:
-        raise SubmitError(f"{home} refused the message: {exc}") from None
-    return message.message_id
+    def down(self) -> bool:
+        return stop_runtime(self.state_dir)

@@ -26,9 +26,14 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailwright.runtime.commit import COMMIT, FILES_NEED_FSYNC
-from mailwright.runtime.convert import to_rfc5322
-from mailwright.runtime.message import InternalMessage
+from mailwright.runtime.durable.commit import COMMIT
+from mailwright.runtime.durable.files import (
+    FILES_NEED_FSYNC,
+    fsync_dir,
+    write_new_file,
+)
+from mailwright.runtime.formats.message import InternalMessage
+from mailwright.runtime.formats.render import to_rfc5322
 
 _NAME = re.compile(r"^(?P<ns>\d+)\.(?P<uid>[0-9a-f]+)\.mailwright,S=(?P<s>\d+),W=(?P<w>\d+)")
 
@@ -56,51 +61,6 @@ class StoredMessage:
 
 def message_uid(message_id: str) -> str:
     return hashlib.sha256(message_id.encode("utf-8")).hexdigest()[:32]
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_new_file(path: str, data: bytes, *, sync: bool = True) -> None:
-    """A new file with `data`, fsynced unless the caller's group commit makes it durable.
-    Plain descriptors: Python's file objects add a seek, a terminal check and a stat to every
-    open, and the queue and the store open one a message."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
-    _write(os.open(path, flags, 0o600), data, sync=sync)
-
-
-def overwrite_file(path: str, data: bytes, *, sync: bool = True) -> None:
-    """An existing file's content replaced by `data`, in place (its inode kept)."""
-    _write(os.open(path, os.O_WRONLY | os.O_CLOEXEC), data, sync=sync, truncate=True)
-
-
-def _write(fd: int, data: bytes, *, sync: bool, truncate: bool = False) -> None:
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        if truncate:
-            os.ftruncate(fd, len(data))
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def read_file(path: str) -> bytes:
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def to_lf(data: bytes) -> bytes:

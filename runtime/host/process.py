@@ -28,7 +28,7 @@ from typing import Any
 
 import uvloop
 
-from mailwright.runtime import transfer
+from mailwright.runtime.auth.accounts import Accounts
 from mailwright.runtime.contract import (
     WELL_KNOWN_PORTS,
     ContractError,
@@ -36,21 +36,19 @@ from mailwright.runtime.contract import (
     ImsSettings,
     Service,
 )
-from mailwright.runtime.ims import (
-    InboundHandler,
-    Outbound,
-    resolver_endpoint,
-    smtp_endpoints,
-    smtp_server,
-)
-from mailwright.runtime.imsworker import ImsWorkers, worker_count
-from mailwright.runtime.mta import Mta, size_limits
+from mailwright.runtime.discovery import resolver_endpoint, smtp_endpoints
+from mailwright.runtime.host.snapshot import Snapshot, SnapshotError, steady_heap
+from mailwright.runtime.ims.inbound import InboundHandler
+from mailwright.runtime.ims.outbound import Outbound
+from mailwright.runtime.ims.smtpserver import smtp_server
+from mailwright.runtime.ims.workers import ImsWorkers, worker_count
+from mailwright.runtime.mta import transfer
+from mailwright.runtime.mta.agent import Mta, size_limits
+from mailwright.runtime.mta.transfer import endpoints_in
 from mailwright.runtime.nameserver import NameServer
-from mailwright.runtime.pop3 import Pop3Accounts, Pop3Server
-from mailwright.runtime.snapshot import Snapshot, SnapshotError, steady_heap
-from mailwright.runtime.store import MailStore
+from mailwright.runtime.store.mailstore import MailStore
+from mailwright.runtime.store.pop3 import Pop3Server
 from mailwright.runtime.tls import self_signed, server_context
-from mailwright.runtime.transfer import endpoints_in
 
 Ports = Mapping[Service, int]  # where each service listens
 
@@ -70,7 +68,7 @@ def tls_context(config: HostConfig, state: Path) -> ssl.SSLContext:
 
 
 def pop3_server(
-    config: HostConfig, state: Path, store: MailStore, accounts: Pop3Accounts
+    config: HostConfig, state: Path, store: MailStore, accounts: Accounts
 ) -> Pop3Server:
     idle_timeout = float(config.pop3.idle_timeout)
     return Pop3Server(accounts, store, tls_context(config, state), idle_timeout=idle_timeout)
@@ -226,7 +224,7 @@ def _mta(snapshot: Snapshot, state: Path) -> Mta:
     """The host's MTA over its store, its queue recovered before anything is queued."""
     config = snapshot.config
     store = store_for(config, state) if config.server.serves("pop3") else None
-    accounts = Pop3Accounts(snapshot.tables.accounts)
+    accounts = Accounts(snapshot.tables.accounts)
     mta = Mta(config, snapshot.router, state, store, accounts, endpoints_in(state))
     if recovered := mta.recover():
         print(f"queue: {len(recovered)} entries recovered after a crash", file=sys.stderr)

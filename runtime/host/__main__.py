@@ -1,0 +1,7 @@
+"""`python -m mailwright.runtime.host`."""
+
+import sys
+
+from mailwright.runtime.host.process import main
+
+sys.exit(main())
