@@ -444,7 +444,7 @@ def _mailwright_command() -> list[str]:
     script = Path(sys.executable).parent / "mailwright"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from mailwright.compiler.cli import main; main()"]
+    return [sys.executable, "-c", "from mailwright.compiler.cli import run; run()"]
 
 
 def measure_plan(workdir: Path, size: int, password: str) -> PlanResult:
