@@ -23,6 +23,7 @@ A 250 is sent only after the message is in the receiver's durable queue (MOVE: i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 from collections.abc import Awaitable, Callable
@@ -119,7 +120,7 @@ class _Session:
         except (TimeoutError, ConnectionError, ValueError, asyncio.IncompleteReadError):
             pass
         finally:
-            self.writer.close()
+            await _close(self.writer)
 
     async def _reply(self, reply: str) -> None:
         self.writer.write(reply.encode() + b"\r\n")
@@ -199,6 +200,14 @@ class _Session:
             size -= len(piece)
 
 
+async def _close(writer: asyncio.StreamWriter) -> None:
+    """Close and wait: over TLS the close_notify exchange (RFC 8446 §6.1) takes a few turns
+    of the loop, which must not end (asyncio.run returning) with the transport half closed."""
+    writer.close()
+    with contextlib.suppress(OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), TIMEOUT)
+
+
 def _common_name(ssl_object: ssl.SSLObject | None) -> str:
     """The CN of the peer's certificate; it verified against the trust, or the handshake
     would have failed (CERT_OPTIONAL). "" when the peer sent none."""
@@ -237,7 +246,7 @@ async def send_frame(
     except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
         raise TransferError(f"{host}:{port} dropped the connection: {exc}") from None
     finally:
-        writer.close()
+        await _close(writer)
     if not reply.startswith("2"):
         raise TransferError(reply or "no reply", temporary=not reply.startswith("5"))
     return reply
