@@ -140,9 +140,12 @@ class _Session:
             await self._reply("454 4.7.0 TLS not available due to temporary reason")
             return True
         await self._reply(READY_TO_START_TLS)
-        # RFC 3207 §4.2 (and RFC 2920 §3.1: STARTTLS ends a pipelined group): whatever the
-        # client sent after STARTTLS in clear text would be read as if it came over TLS, the
-        # command injection of CVE-2011-0411. There is no honest reason for it: hang up.
+        # RFC 3207 §4.2: the server discards what the client said before the handshake. Bytes
+        # sent after STARTTLS in clear text and already buffered would be read as if they came
+        # over TLS (the command injection of CVE-2011-0411): a client that waits for the 220
+        # never sends any, so hang up. StreamReader has no public view of its buffer. Nothing
+        # can slip in between this check and start_tls: drain() just returned, the one inside
+        # start_tls does not suspend, and loop.start_tls pauses reading before it yields.
         if getattr(self.reader, "_buffer", b""):
             return False
         try:
