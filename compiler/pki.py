@@ -202,7 +202,10 @@ class OrganizationPki:
             key = _load_key(key_path)
         except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound, PkiError):
             return False
-        same_key = key.public_key().public_numbers() == certificate.public_key().public_numbers()
+        spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        same_key = key.public_key().public_bytes(*spki) == certificate.public_key().public_bytes(
+            *spki
+        )
         return (
             same_key
             and names.value.get_values_for_type(x509.DNSName) == [fqdn]
