@@ -165,9 +165,12 @@ class Mta:
         for entry in await asyncio.get_running_loop().run_in_executor(None, self.queue.entries):
             self.adopt(entry)
 
-    async def handle_frame(self, verb: str, document: dict[str, Any], peer: str) -> str:
+    async def handle_frame(
+        self, verb: str, document: dict[str, Any], peer: str, certificate: str
+    ) -> str:
         """The transfer protocol's policy: XFER from another MTA, SUBMIT from a client, MOVE
-        from a mailbox's previous home."""
+        from a mailbox's previous home. `certificate`: the common name of the peer's verified
+        certificate, "" without one (transfer.py has refused what needed one)."""
         if verb == "MOVE":
             return await self._take_moved(document)
         try:
