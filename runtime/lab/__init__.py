@@ -4,6 +4,15 @@
 `internet` namespace with a root name server, a recursive resolver and a Postfix for
 example.net, all on one bridge that has no uplink; `Lab(dir).down()` removes all of it, also
 what a crashed lab left. Linux and root only. The mail runtime never imports this package.
+
+    lab = Lab(state / "runtime").up(
+        [LabHost("athena", "10.1.0.10"), LabHost("arlington", "10.2.0.10")],
+        {"dcnw.com": [("dns.dcnw.com", "10.1.0.53")],},
+    )
+    lab.assert_isolated()                       # before any traffic
+    lab.run("athena", ["dig", "MX", "minasi.com"])  # = ip netns exec <prefix>-athena dig ...
+    server = lab.popen("athena", [...])         # recorded by pid; lab.stop(server.pid)
+    Lab(state / "runtime").down()               # any process, even after a crash
 """
 
 from __future__ import annotations
