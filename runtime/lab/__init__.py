@@ -7,7 +7,7 @@ what a crashed lab left. Linux and root only. The mail runtime never imports thi
 
     lab = Lab(state / "runtime").up(
         [LabHost("athena", "10.1.0.10"), LabHost("arlington", "10.2.0.10")],
-        {"dcnw.com": [("dns.dcnw.com", "10.1.0.53")],},
+        {"minasi.com": [("ns.minasi.com", "10.2.0.10")]},
     )
     lab.assert_isolated()                       # before any traffic
     lab.run("athena", ["dig", "MX", "minasi.com"])  # = ip netns exec <prefix>-athena dig ...
