@@ -10,7 +10,7 @@ outside the runtime: nothing leaves loopback.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,15 +82,24 @@ def local_addresses(
     give a server the same ipv4 cannot both be reached by it here: the first keeps it."""
     hosts: dict[str, LocalAddress] = {}
     resolvers = []
-    servers: dict[str, dict[str, Peer]] = {}
+    peers = spec_peers(tree, sorted(host_addresses))
     for name, address in sorted(host_addresses.items()):
-        organization, server = name.split("/", 1)
-        if organization not in servers:
-            servers[organization] = read_servers(tree / organization / "servers.json")
-        peer = servers[organization][server]
+        peer = peers[name]
         listens: dict[str, int] = {s: p for s, p in ports.items() if peer.serves(s)}
         local = LocalAddress(address, listens)
         hosts.setdefault(peer.ipv4, local)
         if peer.serves("dns"):
             resolvers.append(f"{address}:{ports['dns']}")
     return AddressMap(hosts, tuple(resolvers))
+
+
+def spec_peers(tree: Path, hosts: Sequence[str]) -> dict[str, Peer]:
+    """Each host "ORG/server" of an applied tree as its organization's servers.json has it."""
+    servers: dict[str, dict[str, Peer]] = {}
+    peers = {}
+    for name in hosts:
+        organization, server = name.split("/", 1)
+        if organization not in servers:
+            servers[organization] = read_servers(tree / organization / "servers.json")
+        peers[name] = servers[organization][server]
+    return peers

@@ -12,7 +12,7 @@ from typing import NoReturn
 
 import typer
 
-from mailwright.compiler.cli import build, errors, operations, plans, spec
+from mailwright.compiler.cli import build, errors, hosts, operations, plans, spec
 
 app = typer.Typer(
     help="Infrastructure as code for an Exchange-style mail organization.",
@@ -20,7 +20,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-for _group in (spec.group, build.group, plans.group, operations.group):
+for _group in (spec.group, build.group, plans.group, operations.group, hosts.group):
     app.add_typer(_group)
 
 

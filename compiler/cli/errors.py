@@ -15,6 +15,9 @@ from mailwright.compiler.plan import UnsafePlanError
 from mailwright.compiler.route import RouteError
 from mailwright.compiler.state import StateError
 from mailwright.compiler.zones import ZoneError
+from mailwright.runtime.bundle import BundleError
+from mailwright.runtime.contract import ContractError
+from mailwright.runtime.lab import LabError
 from mailwright.runtime.submit import SubmitError
 from mailwright.runtime.targets import LaunchError
 
@@ -35,6 +38,9 @@ FAILURES: tuple[type[Exception], ...] = (
     ZoneError,
     LaunchError,
     SubmitError,
+    BundleError,
+    ContractError,
+    LabError,
 )
 
 

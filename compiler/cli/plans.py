@@ -35,6 +35,14 @@ from mailwright.schema import LoadedSpec
 
 group = typer.Typer()
 
+
+class Runtime(enum.StrEnum):
+    """Where the hosts run (runtime/targets/placement.py RUNTIMES)."""
+
+    LOCAL = "local"
+    NETNS = "netns"
+
+
 LockTimeout = Annotated[
     float, typer.Option("--lock-timeout", help="Seconds to wait for another apply's lock.")
 ]
@@ -107,9 +115,19 @@ def apply_command(
         bool, typer.Option("--force", help="Apply a plan that exceeds the safety limits.")
     ] = False,
     lock_timeout: LockTimeout = 0.0,
+    runtime: Annotated[
+        Runtime | None,
+        typer.Option(
+            "--runtime",
+            help="Run the hosts on loopback (local) or each in a network namespace at its "
+            "spec address (netns; Linux, root). Default: as they run now, else local.",
+        ),
+    ] = None,
 ) -> None:
     """Apply specs (after showing the plan and asking) or a saved plan (exactly, no prompt)."""
     state_dir = StateDir(state)
+    chosen = runtime.value if runtime else launcher.running_runtime(state) or "local"
+    target = launcher.LocalTarget(state_dir.path, chosen)
     # A saved plan is applied exactly as reviewed: it is neither shown again nor confirmed.
     plan_file = targets[0] if len(targets) == 1 and not _is_spec(targets[0]) else None
     # Specs are read before the lock is taken: another apply need not wait for that.
@@ -122,12 +140,12 @@ def apply_command(
                 _print_plan(prepared.plan)
             if prepared.state_serial:
                 # Nothing to change, but what is applied should be running.
-                launcher.ensure_running(state_dir.path, prepared.state_serial)
+                target.ensure_running(prepared.state_serial)
             return
         if plan_file is None and not auto_approve:
             _confirm()
         with _progress() as progress:
-            serial = apply(prepared, state_dir, progress).serial
+            serial = apply(prepared, state_dir, progress, target).serial
             moving = _wait_for_moves(prepared.plan, state_dir, progress)
     _print_applied(prepared.plan, serial, moving)
 

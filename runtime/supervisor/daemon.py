@@ -25,21 +25,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailwright.runtime.bundle import HOST_CONFIG, MANIFEST, point, state_credentials, write_bundle
-from mailwright.runtime.contract import UNPRIVILEGED_PORTS, WELL_KNOWN_PORTS, Service
-from mailwright.runtime.discovery import local_addresses
+from mailwright.runtime.discovery import spec_peers
 from mailwright.runtime.host.change import host_change
+from mailwright.runtime.targets.placement import RUNTIMES, Loopback, Placement, placement
 
 MAX_BACKOFF = 30.0
-
-
-def ports() -> Mapping[Service, int]:
-    return WELL_KNOWN_PORTS if os.geteuid() == 0 else UNPRIVILEGED_PORTS
 
 
 @dataclass
@@ -61,8 +56,9 @@ class Host:
 
 
 class Supervisor:
-    def __init__(self, state: Path) -> None:
+    def __init__(self, state: Path, place: Placement | None = None) -> None:
         self.state = state
+        self.place = place or Loopback()
         self.runtime = state / "runtime"
         self.hosts: dict[str, Host] = {}
         self.serial = -1
@@ -77,26 +73,33 @@ class Supervisor:
         if state["serial"] == self.serial:
             return
         self.serial = state["serial"]
-        wanted = self._bundle(state["host_addresses"])
+        tree = self.state / "artifacts" / str(self.serial)
+        host_addresses: dict[str, str] = state["host_addresses"]
+        if self.place.rebuilds(tree, list(host_addresses)):
+            for host in self.hosts.values():
+                self._stop(host, f"the {self.place.name} runtime is made anew")
+        self.place.prepare(tree, list(host_addresses))
+        wanted = self._bundle(tree, host_addresses)
         for name in sorted(set(self.hosts) - set(wanted)):
             self._stop(self.hosts.pop(name), "removed from the spec")
-        for name, address in sorted(state["host_addresses"].items()):
-            self._converge(name, wanted[name], address)
-        for old in self.state.glob("bundles/*"):
+        peers = spec_peers(tree, list(host_addresses))
+        for name, loopback in sorted(host_addresses.items()):
+            self._converge(name, wanted[name], self.place.address(name, loopback, peers[name]))
+        for old in self.state.glob("bundles/*/*"):
             if old.name.isdigit() and int(old.name) < self.serial - 1:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _bundle(self, host_addresses: dict[str, str]) -> dict[str, Path]:
+    def _bundle(self, tree: Path, host_addresses: dict[str, str]) -> dict[str, Path]:
         """Every host's bundle of the current serial, each host's `bundle` path pointed at it;
         those paths by host. The bundles are hard links into the applied tree (a bundle of a
         serial never changes: one written whole is used as it is)."""
-        tree = self.state / "artifacts" / str(self.serial)
-        addresses = local_addresses(tree, host_addresses, ports())
-        zones = sorted(tree.glob("*/zones/*.zone"))  # every DNS host answers for all of them
+        addresses = self.place.addresses(tree, host_addresses)
+        zones = self.place.zones(tree)
+        folder = self.state / "bundles" / self.place.name / str(self.serial)
         links = {}
         for name in host_addresses:
             organization, server = name.split("/", 1)
-            bundle = self.state / "bundles" / str(self.serial) / organization / server
+            bundle = folder / organization / server
             if not (bundle / MANIFEST).exists():
                 credentials = state_credentials(self.state, organization, server)
                 write_bundle(
@@ -139,9 +142,10 @@ class Supervisor:
         logs = self.runtime / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         folder = self.state / "hosts" / host.server
-        arguments = [sys.executable, "-m", "mailwright.runtime.host", str(folder / "bundle")]
+        arguments = self.place.prefix(host.server)
+        arguments += [sys.executable, "-m", "mailwright.runtime.host", str(folder / "bundle")]
         arguments += ["--data", str(folder), "--bind", host.address]
-        for service, port in ports().items():
+        for service, port in self.place.ports().items():
             arguments += [f"--{service}-port", str(port)]
         with open(logs / f"{host.server}.log", "ab") as log:
             host.process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT)
@@ -200,7 +204,12 @@ class Supervisor:
                 "last_error": host.last_error,
                 "events": host.events[-10:],
             }
-        document = {"pid": os.getpid(), "serial": self.serial, "hosts": hosts}
+        document = {
+            "pid": os.getpid(),
+            "serial": self.serial,
+            "runtime": self.place.name,
+            "hosts": hosts,
+        }
         temp = self.runtime / ".status.json.tmp"
         temp.write_text(json.dumps(document, indent=2, sort_keys=True), encoding="utf-8")
         os.replace(temp, self.runtime / "status.json")
@@ -215,12 +224,13 @@ class Supervisor:
                 self.watch()
                 self.write_status()
                 time.sleep(0.2)
-        except (OSError, ValueError, KeyError) as exc:
-            # The state directory went away or broke: no host may outlive its supervisor.
-            print(f"supervisor stopping: {exc}", file=sys.stderr, flush=True)
+        except Exception as exc:
+            # The state directory went away or broke, or the lab could not be made.
+            print(f"supervisor stopping: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         finally:
             for host in self.hosts.values():
                 self._stop(host, "down")
+            self.place.close()
             with contextlib.suppress(OSError):
                 self.write_status()
 
@@ -248,8 +258,10 @@ def _now() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mailwright-supervisor")
     parser.add_argument("--state", type=Path, required=True)
+    parser.add_argument("--runtime", choices=RUNTIMES, default="local")
     args = parser.parse_args(argv)
-    supervisor = Supervisor(args.state.resolve())
+    state = args.state.resolve()
+    supervisor = Supervisor(state, placement(args.runtime, state))
     supervisor.runtime.mkdir(parents=True, exist_ok=True)
     # One supervisor a state directory: two applies that each found none running (the first
     # one's pid file not written yet, or the apply that started it killed) start two, and

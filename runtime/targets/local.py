@@ -1,5 +1,6 @@
-"""The local target: a supervisor process on this machine (runtime/supervisor/) runs every host
-on a loopback address of its own.
+"""The local target: a supervisor process on this machine (runtime/supervisor/) runs every host,
+on a loopback address of its own (`local`) or in a network namespace of the lab at its spec
+address (`netns`, runtime/targets/netns.py).
 
 `launch` records the runtime actions of an applied serial, one JSON line each, in
 `<state>/runtime/actions.jsonl`, starts the supervisor if none runs (or has it look again),
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mailwright.runtime.contract import RuntimeAction
+from mailwright.runtime.lab import Lab
+from mailwright.runtime.lab.netns import REGISTRY_NAME as LAB_REGISTRY
+from mailwright.runtime.lab.netns import check_available
 from mailwright.runtime.targets import LaunchError, Progress
 
 
@@ -30,6 +34,8 @@ def launch(
     serial: int,
     actions: Sequence[RuntimeAction],
     progress: Progress | None = None,
+    *,
+    runtime: str = "local",
 ) -> None:
     log = state_dir / "runtime" / "actions.jsonl"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -45,17 +51,19 @@ def launch(
             handle.write(json.dumps(record, sort_keys=True) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    ensure_running(state_dir, serial, progress)
+    ensure_running(state_dir, serial, progress, runtime)
 
 
 def runtime_enabled() -> bool:
     return os.environ.get("MAILWRIGHT_RUNTIME", "on") != "off"
 
 
-def ensure_running(state_dir: Path, serial: int, progress: Progress | None = None) -> None:
+def ensure_running(
+    state_dir: Path, serial: int, progress: Progress | None = None, runtime: str = "local"
+) -> None:
     """The runtime of `serial` up and answering (unless MAILWRIGHT_RUNTIME=off)."""
     if runtime_enabled():
-        start_runtime(state_dir)
+        start_runtime(state_dir, runtime)
         wait_until_running(state_dir, serial, progress=progress)
 
 
@@ -103,28 +111,40 @@ def supervisor_pid(state_dir: Path) -> int | None:
     return pid
 
 
-def start_runtime(state_dir: Path) -> None:
-    """Start the supervisor in the background (it outlives the CLI), or have it look again."""
+def start_runtime(state_dir: Path, runtime: str = "local") -> None:
+    """Start the supervisor in the background (it outlives the CLI), its hosts on loopback or
+    in the lab's namespaces (`runtime`), or have the running one look again."""
     pid = supervisor_pid(state_dir)
     if pid is not None:
+        running = running_runtime(state_dir)
+        if running not in (None, runtime):
+            raise LaunchError(
+                f"the runtime of {state_dir} runs {running}; `mailwright down` it first"
+            )
         os.kill(pid, signal.SIGHUP)
         return
-    runtime = state_dir / "runtime"
-    runtime.mkdir(parents=True, exist_ok=True)
-    with open(runtime / "supervisor.log", "ab") as log:
+    if runtime == "netns":
+        check_available()  # one clear line without root or namespaces, before anything runs
+    folder = state_dir / "runtime"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "supervisor.log", "ab") as log:
         subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "mailwright.runtime.supervisor",
-                "--state",
-                str(state_dir),
+                *(sys.executable, "-m", "mailwright.runtime.supervisor"),
+                *("--state", str(state_dir), "--runtime", runtime),
             ],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+
+def running_runtime(state_dir: Path) -> str | None:
+    """Where the running supervisor places its hosts ("local", "netns"); None if none runs."""
+    if supervisor_pid(state_dir) is None:
+        return None
+    return str(status(state_dir).get("runtime", "local"))
 
 
 def status(state_dir: Path) -> dict[str, Any]:
@@ -188,22 +208,26 @@ def _answers(host: dict[str, Any]) -> bool:
 
 
 def stop_runtime(state_dir: Path, timeout: float = 30.0) -> bool:
-    """Stop every host gracefully (queues stay on disk), then the supervisor."""
+    """Stop every host gracefully (queues stay on disk), then the supervisor, which removes
+    its lab; what a killed one left of a lab is removed here. False if nothing ran."""
     pid = supervisor_pid(state_dir)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while supervisor_pid(state_dir) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return True
+    if pid is not None:
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while supervisor_pid(state_dir) is not None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    lab = (state_dir / "runtime" / LAB_REGISTRY).exists()
+    if lab:
+        Lab(state_dir / "runtime").down()
+    return pid is not None or lab
 
 
 class LocalTarget:
     """The Target of a state directory's supervisor (runtime/targets/__init__.py)."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, runtime: str = "local") -> None:
         self.state_dir = state_dir
+        self.runtime = runtime  # "local" (loopback) or "netns" (the lab's namespaces)
 
     def launch(
         self,
@@ -212,10 +236,10 @@ class LocalTarget:
         actions: Sequence[RuntimeAction],
         progress: Progress | None = None,
     ) -> None:
-        launch(self.state_dir, artifacts, serial, actions, progress)
+        launch(self.state_dir, artifacts, serial, actions, progress, runtime=self.runtime)
 
     def ensure_running(self, serial: int, progress: Progress | None = None) -> None:
-        ensure_running(self.state_dir, serial, progress)
+        ensure_running(self.state_dir, serial, progress, self.runtime)
 
     def wait_until_moved(
         self, stores: Sequence[tuple[str, str]], progress: Progress | None = None

@@ -22,7 +22,8 @@ from typing import Any
 import pytest
 
 from mailwright.runtime.supervisor import daemon as supervisor
-from mailwright.runtime.supervisor.daemon import MAX_BACKOFF, Supervisor, ports
+from mailwright.runtime.supervisor.daemon import MAX_BACKOFF, Supervisor
+from mailwright.runtime.targets.placement import Loopback
 from tests.helpers import GOLDEN, wait_until
 
 # A host that starts, answers SIGHUP in its log and otherwise sleeps until it is stopped.
@@ -161,7 +162,9 @@ def test_reconcile_starts_each_host_of_the_serial_on_its_address(
     assert arguments[:4] == [sys.executable, "-m", "mailwright.runtime.host", str(bundle)]
     assert arguments[4:8] == ["--data", str(state / "hosts/arlington"), "--bind", "127.0.1.9"]
     asked_ports = dict(zip(arguments[8::2], map(int, arguments[9::2]), strict=True))
-    assert asked_ports == {f"--{service}-port": port for service, port in ports().items()}
+    assert asked_ports == {
+        f"--{service}-port": port for service, port in Loopback().ports().items()
+    }
     host = running.hosts["Minasi/arlington"]
     assert host.process is commands.started[0]
     assert host.events[-1].endswith(f"started pid {host.process.pid}")
@@ -196,7 +199,7 @@ def test_a_change_of_mailboxes_is_a_sighup_to_the_same_process(
     host = running.hosts["Minasi/arlington"]
     assert len(commands.asked) == 1
     assert host.process is commands.started[0] and host.process.poll() is None
-    assert host.config.resolve() == state / "bundles/2/Minasi/arlington/host.json"
+    assert host.config.resolve() == state / "bundles/local/2/Minasi/arlington/host.json"
     assert host.events[-1].endswith("reloading serial 2")
 
 
@@ -225,7 +228,7 @@ def test_a_change_of_what_a_host_listens_on_is_a_restart(
     assert first.poll() is not None
     host = running.hosts["Minasi/arlington"]
     assert host.process is second and host.address == address
-    assert (state / "hosts/arlington/bundle").resolve() == state / "bundles/2/Minasi/arlington"
+    assert (state / "hosts/arlington/bundle").resolve() == state / "bundles/local/2/Minasi/arlington"
     assert any(event.endswith(f"stopped (listens differently: {reason})") for event in host.events)
     assert "SIGHUP" not in log(state, "arlington")
 
