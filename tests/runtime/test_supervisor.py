@@ -228,7 +228,8 @@ def test_a_change_of_what_a_host_listens_on_is_a_restart(
     assert first.poll() is not None
     host = running.hosts["Minasi/arlington"]
     assert host.process is second and host.address == address
-    assert (state / "hosts/arlington/bundle").resolve() == state / "bundles/local/2/Minasi/arlington"
+    bundle = state / "bundles/local/2/Minasi/arlington"
+    assert (state / "hosts/arlington/bundle").resolve() == bundle
     assert any(event.endswith(f"stopped (listens differently: {reason})") for event in host.events)
     assert "SIGHUP" not in log(state, "arlington")
 
