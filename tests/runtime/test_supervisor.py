@@ -382,7 +382,7 @@ def test_the_supervisor_process_stops_on_sigterm(state: Path) -> None:
         runtime = state / "runtime"
         wait_until((runtime / "status.json").exists, 20, "the first status")
         assert (runtime / "supervisor.pid").read_text() == str(process.pid)
-        assert status(state) == {"pid": process.pid, "serial": 1, "hosts": {}}
+        assert status(state) == {"pid": process.pid, "serial": 1, "runtime": "local", "hosts": {}}
         process.send_signal(signal.SIGTERM)
         assert process.wait(20) == 0
         assert not (runtime / "supervisor.pid").exists()
