@@ -12,10 +12,10 @@ import email.header
 import email.parser
 import email.policy
 import email.utils
+import logging
 import random
 import re
 import time
-import traceback
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +37,8 @@ from mailwright.runtime.mta.agent import Mta
 from mailwright.runtime.mta.ndr import Failure, is_report
 from mailwright.runtime.mta.queue import PendingRecipient, QueueEntry, sleep_until_due
 from mailwright.runtime.routing import AddressType, fit
+
+log = logging.getLogger("mailwright.ims")
 
 _ENHANCED_STATUS = re.compile(r"^[245]\.\d{1,3}\.\d{1,3}$")  # RFC 3463 §2
 
@@ -120,7 +122,7 @@ class Outbound:
             async with self._slots, self._domains[domain]:
                 await self.deliver(entry)
         except Exception:  # one bad entry must not stop the others
-            traceback.print_exc()
+            log.exception("delivery failed", extra={"message_id": entry.message.message_id})
             await asyncio.sleep(1.0)
         finally:
             self._busy.discard(entry.id)

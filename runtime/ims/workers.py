@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -30,12 +31,15 @@ from typing import Any
 
 import uvloop
 
+from mailwright.runtime import logs
 from mailwright.runtime.auth.accounts import Accounts
 from mailwright.runtime.host.snapshot import Snapshot, steady_heap
 from mailwright.runtime.ims.inbound import InboundHandler
 from mailwright.runtime.ims.smtpserver import smtp_server
 from mailwright.runtime.mta.agent import Mta
 from mailwright.runtime.mta.queue import QueueEntry
+
+log = logging.getLogger("mailwright.ims")
 
 WORKERS_ENV = "MAILWRIGHT_IMS_WORKERS"
 RESTART_DELAY = 1.0
@@ -113,7 +117,7 @@ class ImsWorkers:
             self._ended(process)
             await self.mta.rescan()
             if not self._stopping:
-                print(f"IMS worker {process.pid} exited ({process.returncode})", file=sys.stderr)
+                log.warning("IMS worker %d exited (%s)", process.pid, process.returncode)
                 await asyncio.sleep(RESTART_DELAY)
 
     def _runs(self, process: asyncio.subprocess.Process, serial: int | None) -> None:
@@ -133,7 +137,7 @@ class ImsWorkers:
         elif verb == "reloaded":
             self._runs(process, _serial_from(rest))
         elif verb == "reload-failed":
-            print(f"IMS worker {process.pid} could not reload: {rest}", file=sys.stderr)
+            log.error("IMS worker %d could not reload: %s", process.pid, rest)
             process.terminate()  # its replacement starts on the new config
 
     async def reload(self, config: Path, serial: int | None) -> None:
@@ -255,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fd", type=int, required=True, help="the listening SMTP socket")
     parser.add_argument("--serial", type=int, help="the serial of the bundle, for the host")
     args = parser.parse_args(argv)
+    logs.setup(f"ims-worker {os.getpid()}")
     uvloop.run(serve(args.bundle, args.data, args.fd))
     return 0
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -32,6 +33,8 @@ import cbor2
 
 from mailwright.runtime.formats.message import Address
 from mailwright.runtime.tls import ClientTls
+
+log = logging.getLogger("mailwright.transfer")
 
 MAX_FRAME = 64 * 1024 * 1024
 TIMEOUT = 30.0
@@ -181,7 +184,12 @@ class _Session:
             return "554 5.6.0 malformed frame"
         if not isinstance(document, dict):
             return "554 5.6.0 malformed frame"
-        return await self.handler(verb, document, self.peer, self.certificate)
+        try:
+            return await self.handler(verb, document, self.peer, self.certificate)
+        except Exception:
+            # A fault of ours: logged with its cause; the peer keeps the frame and tries later.
+            log.exception("%s frame failed", verb, extra={"peer": self.peer})
+            return "451 4.3.0 local error in processing; try again later"
 
     def _refusal(self, verb: str) -> str | None:
         if self.tls is None:

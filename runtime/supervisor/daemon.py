@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import signal
@@ -29,10 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mailwright.runtime import logs
 from mailwright.runtime.bundle import HOST_CONFIG, MANIFEST, point, state_credentials, write_bundle
 from mailwright.runtime.discovery import spec_peers
 from mailwright.runtime.host.change import host_change
 from mailwright.runtime.targets.placement import RUNTIMES, Loopback, Placement, placement
+
+log = logging.getLogger("mailwright.supervisor")
 
 MAX_BACKOFF = 30.0
 
@@ -139,16 +143,16 @@ class Supervisor:
 
     def _start(self, host: Host) -> None:
         self._forget_reports(host)
-        logs = self.runtime / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        logged = self.runtime / "logs"
+        logged.mkdir(parents=True, exist_ok=True)
         folder = self.state / "hosts" / host.server
         arguments = self.place.prefix(host.server)
         arguments += [sys.executable, "-m", "mailwright.runtime.host", str(folder / "bundle")]
         arguments += ["--data", str(folder), "--bind", host.address]
         for service, port in self.place.ports().items():
             arguments += [f"--{service}-port", str(port)]
-        with open(logs / f"{host.server}.log", "ab") as log:
-            host.process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT)
+        with open(logged / f"{host.server}.log", "ab") as output:
+            host.process = subprocess.Popen(arguments, stdout=output, stderr=subprocess.STDOUT)
         host.events.append(f"{_now()} started pid {host.process.pid}")
 
     def _stop(self, host: Host, why: str) -> None:
@@ -226,7 +230,7 @@ class Supervisor:
                 time.sleep(0.2)
         except Exception as exc:
             # The state directory went away or broke, or the lab could not be made.
-            print(f"supervisor stopping: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+            log.error("stopping: %s: %s", type(exc).__name__, exc)
         finally:
             for host in self.hosts.values():
                 self._stop(host, "down")
@@ -260,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state", type=Path, required=True)
     parser.add_argument("--runtime", choices=RUNTIMES, default="local")
     args = parser.parse_args(argv)
+    logs.setup("supervisor")
     state = args.state.resolve()
     supervisor = Supervisor(state, placement(args.runtime, state))
     supervisor.runtime.mkdir(parents=True, exist_ok=True)
@@ -270,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print("supervisor: another one runs for this state; leaving it", file=sys.stderr)
+            log.info("another supervisor runs for this state; leaving it")
             return 0
         (supervisor.runtime / "supervisor.pid").write_text(str(os.getpid()))
         try:
