@@ -191,7 +191,10 @@ def test_a_queued_entry_whose_rename_was_lost_is_delivered_at_start(
     wait_until: Callable[[Callable[[], bool], float, str], None],
     maildir_messages: Callable[[Path, str, str], list[EmailMessage]],
 ) -> None:
+    workers = arlington.workers()
     kill_host(arlington.host)
+    # Its workers hold the SMTP port until they see the host gone; the next host binds it.
+    wait_until(lambda: not any(_alive(pid) for pid in workers), 10, "the workers to exit")
     queue = MessageQueue(arlington.state / "hosts" / "arlington" / "queue")
     _queued_unnamed(queue, 7)
     torn = _queued_unnamed(queue, 8)
