@@ -362,12 +362,13 @@ def signal_handlers() -> Iterator[None]:
 
 @pytest.mark.usefixtures("signal_handlers")
 def test_a_broken_state_stops_every_host_and_the_supervisor(
-    running: Supervisor, commands: Commands, state: Path, capsys: pytest.CaptureFixture[str]
+    running: Supervisor, commands: Commands, state: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     (state / "state.json").unlink()
     running.run()
     assert commands.started[0].poll() is not None
-    assert "supervisor stopping:" in capsys.readouterr().err
+    [record] = [r for r in caplog.records if r.name == "mailwright.supervisor"]
+    assert record.getMessage().startswith("stopping: FileNotFoundError: ")
     assert status(state)["hosts"]["Minasi/arlington"]["state"] == "stopped"
 
 
