@@ -147,6 +147,9 @@ class Lab:
     def stop(self, pid: int) -> None:
         self.network.stop(pid)
 
+    def set_link(self, name: str, up: bool) -> None:
+        self.network.set_link(name, up)
+
     def wait_for_tcp(self, name: str, address: str, port: int, timeout: float = 15) -> None:
         wait_for_tcp(self.network, name, address, port, timeout=timeout)
 

@@ -336,6 +336,13 @@ class LabNetwork:
             _ip("-n", namespace, "addr", "add", f"{address}/32", "dev", LAB_INTERFACE)
         _ip("-n", namespace, "link", "set", LAB_INTERFACE, "up")
 
+    def set_link(self, name: str, up: bool) -> None:
+        """Pull or plug the cable of namespace `name`: its veth's bridge end down or up. The
+        namespace keeps its addresses and routes (lost carrier, not a link taken down)."""
+        self._known(name)
+        veth = f"{self.prefix}v{self.registry.namespaces.index(name)}"
+        _ip("link", "set", veth, "up" if up else "down")
+
     # files
 
     def record_path(self, path: Path, kind: str) -> None:
