@@ -70,8 +70,8 @@ class Snapshot:
     @classmethod
     def read(cls, path: Path) -> Snapshot:
         bundle = Bundle.open(path)
-        transfer = TransferTls.of(bundle)  # first: a bundle without it is refused at once
-        config = bundle.config()
+        config = bundle.config()  # first: a bundle of another format says so
+        transfer = TransferTls.of(bundle)
         authority = None
         if config.server.serves("dns"):
             authority = Authority(load_zones(bundle.zones()))
