@@ -3,9 +3,11 @@
 A two-server organization (alpha and beta, both stores) is applied into a temporary state
 directory with the runtime off; Ann's mailbox on alpha gets N messages (default 10,000) of
 about S bytes (default 4 KiB) through the store's delivery API, a fifth of them read (in cur/
-with a flag). Both hosts run as real processes on 127.0.0.1 (`python -m mailwright.runtime.host`,
-ephemeral ports). Then Ann's home_server becomes beta: `mailwright plan` shows the move (its
-time is printed too), `mailwright apply` writes the new serial, both hosts get SIGHUP, and the
+with a flag). Both hosts run as real processes from their bundles (`python -m
+mailwright.runtime.host`, on 127.0.91.1 and .2 at the contract's unprivileged ports; the
+transfer between them is mutual TLS, as apply issued the certificates). Then Ann's home_server
+becomes beta: `mailwright plan` shows the move (its time is printed too), `mailwright apply`
+writes the new serial, both hosts get their new bundle and SIGHUP, and the
 clock runs until alpha has removed Ann's folder, which it does once beta answered 250 for every
 batch (durable there) and took the delivered-ids log. The script checks that beta holds every
 message under its own file name with its own bytes, and prints messages/s and MiB/s.
@@ -23,6 +25,7 @@ A script that prints figures, not a test; `compile_scale.py` runs it as one of i
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import select
 import shutil
@@ -38,6 +41,9 @@ from pathlib import Path
 
 import argon2
 
+from mailwright.runtime.bundle import applied_bundle
+from mailwright.runtime.contract import UNPRIVILEGED_PORTS
+from mailwright.runtime.discovery import local_addresses
 from mailwright.runtime.store.mailstore import MailStore
 
 SPEC = """\
@@ -119,12 +125,29 @@ def _files(maildir: Path) -> dict[str, bytes]:
     }
 
 
+# Each host on a loopback address of its own, at the contract's unprivileged ports; they find
+# each other through the bundle's address map, as the local supervisor's hosts do.
+ADDRESSES = {"Acme/alpha": "127.0.91.1", "Acme/beta": "127.0.91.2"}
+
+
+def _bundle(state: Path, server: str) -> Path:
+    """The host's bundle of the state's current serial, with its certificate from the state's
+    PKI (apply issued it): the transfer port speaks only mutual TLS."""
+    serial = json.loads((state / "state.json").read_text(encoding="utf-8"))["serial"]
+    tree = state / "artifacts" / str(serial)
+    addresses = local_addresses(tree, ADDRESSES, UNPRIVILEGED_PORTS)
+    bundle = state / "bundles" / server
+    applied_bundle(state, "Acme", server, bundle, addresses)
+    return bundle
+
+
 @contextmanager
-def _host(config: Path, state: Path) -> Iterator[subprocess.Popen[str]]:
-    ports = ("--pop3-port", "0", "--transfer-port", "0", "--smtp-port", "0", "--dns-port", "0")
-    where = ("--state", str(state), "--bind", "127.0.0.1")
+def _host(server: str, state: Path) -> Iterator[subprocess.Popen[str]]:
+    ports = [f"--{s}-port={p}" for s, p in UNPRIVILEGED_PORTS.items()]
+    where = ("--data", str(state / "hosts" / server), "--bind", ADDRESSES[f"Acme/{server}"])
+    bundle = _bundle(state, server)
     process = subprocess.Popen(
-        [sys.executable, "-m", "mailwright.runtime.host", str(config), *where, *ports],
+        [sys.executable, "-m", "mailwright.runtime.host", str(bundle), *where, *ports],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -133,7 +156,7 @@ def _host(config: Path, state: Path) -> Iterator[subprocess.Popen[str]]:
         assert process.stdout is not None
         ready, _, _ = select.select([process.stdout], [], [], 30)
         if not ready or not process.stdout.readline().startswith("ready "):
-            raise SystemExit(f"{config.stem} did not start")
+            raise SystemExit(f"{server} did not start")
         yield process
     finally:
         process.terminate()
@@ -194,18 +217,15 @@ def measure_move(messages: int = 10_000, size: int = 4096) -> MoveResult:
         spec.write_text(SPEC.format(home="alpha", hash=password_hash), encoding="utf-8")
         _mailwright(state, spec, "apply", "--auto-approve")
         seeded = _seed(state, messages, size)
-        configs = state / "artifacts" / "1" / "Acme" / "hosts"
-        with (
-            _host(configs / "alpha.json", state) as alpha,
-            _host(configs / "beta.json", state) as beta,
-        ):
+        with _host("alpha", state) as alpha, _host("beta", state) as beta:
             spec.write_text(SPEC.format(home="beta", hash=password_hash), encoding="utf-8")
             started = time.perf_counter()
             _mailwright(state, spec, "plan")
             plan_s = time.perf_counter() - started
             _mailwright(state, spec, "apply", "--auto-approve")
             started = time.perf_counter()
-            for process in (alpha, beta):
+            for server, process in (("alpha", alpha), ("beta", beta)):
+                _bundle(state, server)  # serial 2, as the supervisor writes it
                 os.kill(process.pid, signal.SIGHUP)
             old = state / "hosts" / "alpha" / "store" / "ann"
             while old.exists():

@@ -63,6 +63,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from mailwright.runtime.bundle import applied_bundle
+
 ROOT = Path(__file__).resolve().parents[1]
 MINASI = ROOT / "examples" / "seed" / "minasi.yaml"
 MAILWRIGHT = Path(sys.executable).with_name("mailwright")
@@ -237,11 +239,13 @@ def start_arlington(folder: Path, profile: Path | None) -> tuple[subprocess.Pope
     )
     if done.returncode != 0:
         raise BenchError(f"mailwright apply failed: {done.stderr.strip()}")
-    config = state / "artifacts" / "1" / "Minasi" / "hosts" / "arlington.json"
+    bundle = state / "bundles" / "arlington"
+    applied_bundle(state, "Minasi", "arlington", bundle)  # with its certificate from apply
     command = [sys.executable]
     if profile is not None:
         command += ["-m", "cProfile", "-o", str(profile)]
-    command += ["-m", "mailwright.runtime.host", str(config), "--state", str(state)]
+    command += ["-m", "mailwright.runtime.host", str(bundle)]
+    command += ["--data", str(state / "hosts" / "arlington"), "--bind", "127.0.0.1"]
     for service in ("pop3", "transfer", "dns", "smtp"):
         command += [f"--{service}-port", "0"]
     log = open(folder / "arlington.log", "w", encoding="utf-8")  # noqa: SIM115 - the child's

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mailwright.compiler.build import build_date, compile_all, tree_files
+from mailwright.compiler.pki import OrganizationPki, PkiError
 from mailwright.compiler.plan import Action, Plan, make_plan
 from mailwright.compiler.state import (
     State,
@@ -27,6 +28,7 @@ from mailwright.compiler.state import (
     fingerprints,
     write_tree_durably,
 )
+from mailwright.runtime.contract import ContractError, read_servers
 from mailwright.runtime.durable.files import write_atomic
 from mailwright.runtime.targets import LaunchError, Progress, Target
 from mailwright.runtime.targets.local import LocalTarget
@@ -179,9 +181,26 @@ def apply(
     state_dir: StateDir,
     progress: StepProgress | None = None,
     runtime: Target | None = None,
+    rotate_ca: bool = False,
 ) -> State:
     """Write the artifacts and the new state (caller holds the lock and checked safety), and
-    hand the plan's runtime actions to the target (the local supervisor unless told)."""
+    hand the plan's runtime actions to the target (the local supervisor unless told).
+
+    Before the runtime is told, every organization of the new tree has its PKI in the state
+    directory (compiler/pki.py, `<state>/pki/<ORG>/`): a CA made at its first apply, a
+    certificate for each server's fqdn and ipv4, and `trust.pem`, the CAs its hosts accept.
+    The bundles of this serial carry them (runtime/bundle.py state_credentials); nothing of
+    it is in the plan or the compiled tree, and no message names more than a path.
+
+    `rotate_ca`: each applied organization gets a new CA and its hosts new certificates from
+    it, in this serial. No mail is dropped: pki keeps the previous CA in `trust.pem` until the
+    next rotation, so this serial's bundles trust both CAs and the local runtime reloads them
+    all (SIGHUP). Between the moment one host takes the serial in and the moment its peer
+    does, the peer still trusts the old CA only and refuses the new certificate; the hand-off
+    fails as temporary (transfer.py), the message stays in the sender's durable queue and goes
+    on its next try, once the peer runs the serial. Certificates of either CA verify
+    everywhere from then until the next rotation, so run the next one only after every host
+    took this serial in."""
     runtime = runtime or LocalTarget(state_dir.path)
     state = state_dir.read()
     if (state.lineage, state.serial) != (prepared.lineage, prepared.state_serial) and not (
@@ -203,6 +222,12 @@ def apply(
         shutil.rmtree(target)  # leftovers of an apply that crashed before naming them
     write_tree_durably(target, prepared.files, _counted(progress, "Writing artifacts"))
     new.fingerprints = fingerprints(target, prepared.files)
+    try:
+        _issue_credentials(state_dir.path, target, prepared.files, rotate_ca)
+    except (PkiError, ContractError, OSError, ValueError) as exc:
+        shutil.rmtree(target, ignore_errors=True)
+        # PkiError and ContractError name paths only; an OSError its path and strerror.
+        raise ApplyError(f"cannot issue the organizations' certificates: {exc}") from None
     _retain_removed_stores(prepared.plan, state_dir, new.serial)
     state_dir.write(new)
     try:
@@ -219,6 +244,23 @@ def apply(
     if state.serial and old.exists():
         shutil.rmtree(old)
     return new
+
+
+def _issue_credentials(state: Path, tree: Path, files: Mapping[str, str], rotate_ca: bool) -> None:
+    """Every organization of the tree: its CA, a certificate for each of its servers (fqdn and
+    ipv4, from the compiled servers.json) and `trust.pem`, before any host is given them."""
+    organizations = sorted({name.split("/")[0] for name in files if name.endswith("/servers.json")})
+    for organization in organizations:
+        pki = OrganizationPki(state, organization)
+        if rotate_ca:
+            pki.rotate_ca()
+        else:
+            pki.ensure()
+        for server, peer in sorted(read_servers(tree / organization / "servers.json").items()):
+            pki.host_credentials(server, peer.fqdn, peer.ipv4)
+        # RFC 5280 §6.1: a peer's chain verifies against any CA in here, old or new.
+        write_atomic(pki.root / "trust.pem", pki.trust_bundle(), mode=0o644)
+        pki.forget_retired()
 
 
 def _roll_back(state_dir: StateDir, previous: State, target: Path, runtime: Target) -> None:

@@ -167,3 +167,15 @@ def state_credentials(state: Path, organization: str, server: str) -> Credential
     )
     files = (credentials.trust, credentials.certificate, credentials.private_key)
     return credentials if all(f.exists() for f in files) else None
+
+
+def applied_bundle(
+    state: Path, organization: str, server: str, out: Path, addresses: AddressMap | None = None
+) -> None:
+    """The bundle of `server` of the state's current serial, with its certificate from the
+    state's PKI, as the supervisor writes it: for a host run by hand (the benchmarks)."""
+    serial = int(orjson.loads((state / "state.json").read_bytes())["serial"])
+    tree = state / "artifacts" / str(serial)
+    credentials = state_credentials(state, organization, server)
+    zones = sorted(tree.glob("*/zones/*.zone"))
+    write_bundle(tree / organization, server, out, serial, credentials, addresses, zones)

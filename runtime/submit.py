@@ -1,6 +1,11 @@
 """`mailwright send`: a client's submission, in the internal format, to the sender's home server
 (the seed's step 1). It finds the home server in the applied GAL and the address it listens on
 through the runtime's discovery.
+
+The submission carries the mailbox's password, so it goes over TLS only (STARTTLS on the
+transfer port, RFC 3207): the home server must hold a certificate of the organization's CA
+(`<state>/pki/<ORG>/trust.pem`, which `apply` writes) for its fqdn. The client has no
+certificate of its own; its password authenticates it.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailwright.runtime.contract import read_gal
+from mailwright.runtime.contract import ContractError, read_gal, read_servers
 from mailwright.runtime.formats.message import Address, Attachment, Recipient, encode, new_message
 from mailwright.runtime.mta.transfer import (
     TransferError,
     recipients_payload,
     send_frame,
 )
+from mailwright.runtime.tls import ClientTls, transfer_client_context
 
 
 class SubmitError(Exception):
@@ -45,17 +51,21 @@ def parse_address(text: str) -> Address:
     return Address(text, type=kind)
 
 
-def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str, str]:
-    """(organization, home server, alias, display name, primary SMTP address) of the mailbox
-    owning `sender` (any of its addresses, or its alias), from the applied artifacts."""
+def _applied_tree(state_dir: Path) -> Path:
     try:
         serial = json.loads((state_dir / "state.json").read_text(encoding="utf-8"))["serial"]
     except (OSError, ValueError, KeyError):
         raise SubmitError(
             f"nothing is applied in {state_dir}; run `mailwright apply` first"
         ) from None
+    return state_dir / "artifacts" / str(serial)
+
+
+def _home_of(state_dir: Path, sender: str) -> tuple[str, str, str, str, str]:
+    """(organization, home server, alias, display name, primary SMTP address) of the mailbox
+    owning `sender` (any of its addresses, or its alias), from the applied artifacts."""
     wanted = sender.casefold()
-    for gal_file in sorted((state_dir / "artifacts" / str(serial)).glob("*/gal.json")):
+    for gal_file in sorted(_applied_tree(state_dir).glob("*/gal.json")):
         for row in read_gal(gal_file):
             addresses = [*row.primary.values(), *(s.partition(":")[2] for s in row.secondary)]
             if wanted in {a.casefold() for a in addresses} | {row.alias.casefold()}:
@@ -104,8 +114,9 @@ def submit(state_dir: Path, submission: Submission) -> str:
         "message": encode(message),
         "rcpt": recipients_payload([r.address for r in recipients]),
     }
+    tls = _home_tls(state_dir, organization, home)
     try:
-        asyncio.run(send_frame(*endpoint, "SUBMIT", document))
+        asyncio.run(send_frame(*endpoint, "SUBMIT", document, tls))
     except TransferError as exc:
         raise SubmitError(f"{home} refused the message: {exc}") from None
     return message.message_id
@@ -120,3 +131,18 @@ def _transfer_address(state_dir: Path, server: str) -> tuple[str, int] | None:
         return address, int(port)
     except (OSError, ValueError, KeyError):
         return None
+
+
+def _home_tls(state_dir: Path, organization: str, server: str) -> ClientTls:
+    """TLS to the home server, verified against the organization's CAs for the fqdn the
+    applied servers.json gives it; never the password in clear text."""
+    trust = state_dir / "pki" / organization / "trust.pem"
+    try:
+        fqdn = read_servers(_applied_tree(state_dir) / organization / "servers.json")[server].fqdn
+        context = transfer_client_context(trust)
+    except (OSError, ValueError, KeyError, ContractError):  # ssl.SSLError is an OSError
+        raise SubmitError(
+            f"cannot verify {organization}'s server {server}: no usable {trust}; "
+            "run `mailwright apply`"
+        ) from None
+    return ClientTls(context, server_hostname=fqdn)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -27,9 +28,12 @@ from pathlib import Path
 
 import pytest
 
-from mailwright.runtime.bundle import write_bundle
-from mailwright.runtime.contract import UNPRIVILEGED_PORTS
+from mailwright.compiler.pki import OrganizationPki
+from mailwright.runtime.bundle import Credentials, write_bundle
+from mailwright.runtime.contract import UNPRIVILEGED_PORTS, read_servers
 from mailwright.runtime.discovery import local_addresses
+from mailwright.runtime.durable.files import write_atomic
+from mailwright.runtime.tls import ClientTls, transfer_client_context, transfer_server_context
 
 # --- paths ----------------------------------------------------------------------------------
 
@@ -65,7 +69,8 @@ def host_bundle(config: Path, state: Path, serial: int | None = None) -> tuple[P
     supervisor makes it: an address map gives every host of the tree a loopback address of its
     own, in a block of 127.0.0.0/8 picked by the state directory's path (so that test runs side
     by side do not meet), its services on the unprivileged ports. (bundle, data folder, the
-    host's address.)"""
+    host's address.) Its transfer credentials come from the organization's PKI in `state`, as
+    `apply` issues them (made here for a tree that was only compiled)."""
     tree, organization, server = config.parents[2], config.parents[1].name, config.stem
     names = sorted(f"{h.parents[1].name}/{h.stem}" for h in tree.glob("*/hosts/*.json"))
     digest = hashlib.sha256(str(state.resolve()).encode()).digest()
@@ -74,8 +79,43 @@ def host_bundle(config: Path, state: Path, serial: int | None = None) -> tuple[P
     addresses = local_addresses(tree, hosts, UNPRIVILEGED_PORTS)
     bundle = state / "bundles" / organization / server
     zones = sorted(tree.glob("*/zones/*.zone"))
-    write_bundle(tree / organization, server, bundle, serial, None, addresses, zones)
+    for folder in sorted(tree.glob("*/servers.json")):
+        issue_credentials(state, folder.parent)
+    pki = OrganizationPki(state, organization)
+    credentials = Credentials(pki.root / "trust.pem", *pki.host_paths(server))
+    write_bundle(tree / organization, server, bundle, serial, credentials, addresses, zones)
     return bundle, state / "hosts" / server, hosts[f"{organization}/{server}"]
+
+
+def issue_credentials(state: Path, organization: Path) -> None:
+    """What `apply` issues in `<state>/pki/` for an organization (`organization`: its compiled
+    folder): its CA, made on first use; a certificate for each of its servers; trust.pem."""
+    pki = OrganizationPki(state, organization.name)
+    pki.ensure()
+    for server, peer in read_servers(organization / "servers.json").items():
+        pki.host_credentials(server, peer.fqdn, peer.ipv4)
+    write_atomic(pki.root / "trust.pem", pki.trust_bundle(), mode=0o644)
+
+
+def transfer_tls(
+    state: Path, organization: str, server: str, as_server: str | None = None
+) -> ClientTls:
+    """TLS to the transfer port of a host the tests started (host_bundle): the server verified
+    against its organization's trust.pem for its fqdn; the client is `as_server`, with its
+    certificate (XFER, MOVE), or a mail client without one (SUBMIT)."""
+    pki = OrganizationPki(state, organization)
+    [servers, *_] = sorted((state / "bundles" / organization).glob("*/servers.json"))
+    fqdn = read_servers(servers)[server].fqdn
+    certificate, key = pki.host_paths(as_server) if as_server else (None, None)
+    context = transfer_client_context(pki.root / "trust.pem", certificate, key)
+    return ClientTls(context, server_hostname=fqdn)
+
+
+def transfer_server_tls(state: Path, organization: str, server: str) -> ssl.SSLContext:
+    """The transfer port's side of `server` (host_bundle made its certificate), for a test
+    that stands in for it."""
+    pki = OrganizationPki(state, organization)
+    return transfer_server_context(*pki.host_paths(server), pki.root / "trust.pem")
 
 
 def bundle_applied(state: Path, organization: str, server: str) -> None:

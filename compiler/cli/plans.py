@@ -123,6 +123,14 @@ def apply_command(
             "spec address (netns; Linux, root). Default: as they run now, else local.",
         ),
     ] = None,
+    rotate_ca: Annotated[
+        bool,
+        typer.Option(
+            "--rotate-ca",
+            help="A new CA for every applied organization, and new host certificates from it "
+            "(the old CA stays trusted until the next rotation).",
+        ),
+    ] = False,
 ) -> None:
     """Apply specs (after showing the plan and asking) or a saved plan (exactly, no prompt)."""
     state_dir = StateDir(state)
@@ -135,7 +143,8 @@ def apply_command(
     with state_dir.locked(lock_timeout):
         prepared = _prepare(specs, plan_file, state_dir)
         prepared.plan.raise_if_unsafe(force)
-        if not prepared.plan.has_changes:
+        # A rotation is a new serial even without a change: its bundles carry the new CA.
+        if not prepared.plan.has_changes and not rotate_ca:
             if plan_file is not None:
                 _print_plan(prepared.plan)
             if prepared.state_serial:
@@ -145,7 +154,7 @@ def apply_command(
         if plan_file is None and not auto_approve:
             _confirm()
         with _progress() as progress:
-            serial = apply(prepared, state_dir, progress, target).serial
+            serial = apply(prepared, state_dir, progress, target, rotate_ca=rotate_ca).serial
             moving = _wait_for_moves(prepared.plan, state_dir, progress)
     _print_applied(prepared.plan, serial, moving)
 

@@ -11,6 +11,12 @@ logs are in DATA, which no other host reads. Once it listens the process writes
 prints one line `ready pop3=HOST:PORT ...`; it stops cleanly on SIGTERM/SIGINT. On SIGHUP it
 reads BUNDLE again (its config, the GAL, GWART, zones and peers' addresses) without closing
 any session, and reports the serial it then runs.
+
+Only the organization talks on the transfer port: STARTTLS (RFC 3207) then mutual TLS under
+the organization's CAs, with the bundle's `tls/host.pem` (runtime/mta/transfer.py). A bundle
+without it is refused at start (exit 1, one line), and a reload to one is refused too: no host
+serves that port in clear text. A reload that brings new certificates or CAs (an apply's
+rotation) serves the connections that start from then on with them.
 """
 
 from __future__ import annotations
@@ -45,12 +51,12 @@ from mailwright.runtime.ims.outbound import Outbound
 from mailwright.runtime.ims.smtpserver import smtp_server
 from mailwright.runtime.ims.workers import ImsWorkers, worker_count
 from mailwright.runtime.mta import transfer
-from mailwright.runtime.mta.agent import Mta, size_limits
+from mailwright.runtime.mta.agent import Mta, PeerTrust, size_limits
 from mailwright.runtime.mta.transfer import Endpoint
 from mailwright.runtime.nameserver import NameServer
 from mailwright.runtime.store.mailstore import MailStore
 from mailwright.runtime.store.pop3 import Pop3Server
-from mailwright.runtime.tls import self_signed, server_context
+from mailwright.runtime.tls import ClientTls, self_signed, server_context
 
 Ports = Mapping[Service, int]  # where each service listens
 
@@ -110,7 +116,7 @@ class Host:
         self.data = data  # its own folder: queue, store, tracking log, reports
         self.bind = bind
         self.snapshot = snapshot  # what it runs
-        self.mta = _mta(snapshot, data, self.transfer_endpoint)
+        self.mta = _mta(snapshot, data, self.transfer_endpoint, self)
         self.listeners: dict[str, asyncio.Server] = {}
         self.pop3: Pop3Server | None = None
         self.inbound: SmtpInbound | None = None
@@ -124,8 +130,9 @@ class Host:
     async def listen(self, ports: Ports) -> dict[str, str]:
         """Serve every role of the config; where each service listens."""
         config, data, mta = self.snapshot.config, self.data, self.mta
+        # Asked at each STARTTLS: the contexts of the bundle loaded last.
         self.listeners["transfer"] = await transfer.serve(
-            mta.handle_frame, self.bind, ports["transfer"]
+            mta.handle_frame, self.bind, ports["transfer"], tls=self._transfer_server
         )
         if mta.store is not None:
             self.pop3 = pop3_server(self.snapshot, data, mta.store, mta.accounts)
@@ -215,13 +222,32 @@ class Host:
         endpoint = self.snapshot.peers.transfer(server)
         return None if endpoint is None else (endpoint.host, endpoint.port)
 
+    def _transfer_server(self) -> ssl.SSLContext:
+        return self.snapshot.transfer.server
 
-def _mta(snapshot: Snapshot, data: Path, endpoints: Endpoint) -> Mta:
+    def client(self, server: str) -> ClientTls | None:
+        """Mutual TLS to a peer's transfer port: the peer must hold a certificate of the
+        organization for the fqdn servers.json gives it (RFC 6125 §6.4.4, its SAN)."""
+        endpoint = self.snapshot.peers.transfer(server)
+        if endpoint is None:
+            return None
+        return ClientTls(self.snapshot.transfer.client, server_hostname=endpoint.name)
+
+    def server_named(self, fqdn: str) -> str | None:
+        """The server of the organization with this fqdn (a verified certificate's CN)."""
+        wanted = fqdn.casefold()
+        for name, peer in self.snapshot.peers.servers.items():
+            if peer.fqdn.casefold() == wanted:
+                return name
+        return None
+
+
+def _mta(snapshot: Snapshot, data: Path, endpoints: Endpoint, trust: PeerTrust) -> Mta:
     """The host's MTA over its store, its queue recovered before anything is queued."""
     config = snapshot.config
     store = store_for(config, data) if config.server.serves("pop3") else None
     accounts = Accounts(snapshot.tables.accounts)
-    mta = Mta(config, snapshot.router, data, store, accounts, endpoints)
+    mta = Mta(config, snapshot.router, data, store, accounts, endpoints, trust)
     if recovered := mta.recover():
         print(f"queue: {len(recovered)} entries recovered after a crash", file=sys.stderr)
     return mta

@@ -1,6 +1,6 @@
 """What one host reads of its bundle (runtime/bundle.py): its config, the router over its
 organization's GAL and GWART, its per-mailbox tables, its peers' addresses, and, for a DNS
-host, the zones it serves.
+host, the zones it serves; and the TLS contexts of its transfer port, made once per bundle read.
 
 A host reads a snapshot at start and again on each reload, off the event loop (at 100,000
 mailboxes indexing the GAL takes seconds), and its running parts then take it in at once.
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
-from mailwright.runtime.bundle import Bundle
+from mailwright.runtime.bundle import Bundle, BundleError
 from mailwright.runtime.contract import HostConfig, read_servers
 from mailwright.runtime.discovery import Peers
 from mailwright.runtime.mta.agent import MailboxTables
 from mailwright.runtime.mta.router import Router
 from mailwright.runtime.nameserver import Authority, load_zones
+from mailwright.runtime.tls import transfer_client_context, transfer_server_context
 
 
 class SnapshotError(Exception):
@@ -31,6 +33,30 @@ class SnapshotError(Exception):
 
 
 @dataclass(frozen=True)
+class TransferTls:
+    """The transfer port's mutual TLS under the organization's CAs (tls/ca.pem): the server
+    side for STARTTLS (RFC 3207), the client side for XFER and MOVE to peers."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+    @classmethod
+    def of(cls, bundle: Bundle) -> TransferTls:
+        """BundleError for a bundle without the host's certificate: its host would have to
+        serve the transfer port in clear text, to anyone, so it does not start."""
+        trust, certificate, key = (bundle.tls_file(n) for n in ("ca.pem", "host.pem", "host.key"))
+        if trust is None or certificate is None or key is None:
+            raise BundleError(
+                f"{bundle.path} has no transfer certificate (tls/host.pem): "
+                "make bundles with mailwright bundle or apply"
+            )
+        return cls(
+            transfer_server_context(certificate, key, trust),
+            transfer_client_context(trust, certificate, key),
+        )
+
+
+@dataclass(frozen=True)
 class Snapshot:
     serial: int | None  # None: a bundle made by hand, outside any applied serial
     path: Path  # the bundle's path as the host was given it (read again at each reload)
@@ -39,11 +65,13 @@ class Snapshot:
     tables: MailboxTables
     authority: Authority | None  # for a host with the dns role
     peers: Peers
+    transfer: TransferTls
 
     @classmethod
     def read(cls, path: Path) -> Snapshot:
         bundle = Bundle.open(path)
-        config = bundle.config()
+        config = bundle.config()  # first: a bundle of another format says so
+        transfer = TransferTls.of(bundle)
         authority = None
         if config.server.serves("dns"):
             authority = Authority(load_zones(bundle.zones()))
@@ -51,7 +79,7 @@ class Snapshot:
         servers = read_servers(bundle.path / "servers.json")
         peers = Peers(servers, bundle.addresses(), config.resolvers)
         tables = MailboxTables.of(config)
-        return cls(bundle.manifest.serial, path, config, router, tables, authority, peers)
+        return cls(bundle.manifest.serial, path, config, router, tables, authority, peers, transfer)
 
     @classmethod
     def current(cls, path: Path) -> Snapshot:

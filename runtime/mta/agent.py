@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mailwright.runtime.auth.accounts import Account, Accounts, accounts_from_host
 from mailwright.runtime.contract import HostConfig
@@ -36,6 +36,7 @@ from mailwright.runtime.mta.transfer import (
     send_frame,
 )
 from mailwright.runtime.store.mailstore import DeliveryError, MailboxMovedError, MailStore
+from mailwright.runtime.tls import ClientTls
 
 # RFC 5321 §6.3 counts Received headers against loops; inside the organization we count hops.
 MAX_HOPS = 30
@@ -71,6 +72,17 @@ class MailboxTables:
         return cls(accounts_from_host(config), mailbox_formats(config), size_limits(config))
 
 
+class PeerTrust(Protocol):
+    """The organization's mutual TLS on the transfer port, as the host runs it now."""
+
+    def client(self, server: str) -> ClientTls | None:
+        """How to reach a peer server: this host's certificate, and the peer's fqdn its
+        certificate must hold; None if it is no server of the organization."""
+
+    def server_named(self, fqdn: str) -> str | None:
+        """The server of the organization whose fqdn a verified certificate names."""
+
+
 class Mta:
     def __init__(  # noqa: PLR0917 - the host process wires these once
         self,
@@ -80,6 +92,7 @@ class Mta:
         store: MailStore | None,
         accounts: Accounts,
         endpoints: Endpoint,
+        trust: PeerTrust | None = None,  # None: transfers in clear text (tests of the MTA alone)
     ) -> None:
         self.server = config.server.name
         self.fqdn = config.server.fqdn
@@ -91,6 +104,7 @@ class Mta:
         self.store = store
         self.accounts = accounts
         self.endpoints = endpoints
+        self.trust = trust
         self.formats = mailbox_formats(config)
         self._wakeup = asyncio.Event()
         # The queue as the MTA knows it, by entry id: read from disk once when `run` starts,
@@ -103,8 +117,17 @@ class Mta:
             None
             if store is None
             # A lambda: a reload swaps the router.
-            else MailboxMover(store, self.server, lambda alias: self.router.owner(alias), endpoints)  # noqa: PLW0108
+            else MailboxMover(
+                store,
+                self.server,
+                lambda alias: self.router.owner(alias),  # noqa: PLW0108
+                endpoints,
+                self._client_tls,
+            )
         )
+
+    def _client_tls(self, server: str) -> ClientTls | None:
+        return None if self.trust is None else self.trust.client(server)
 
     @property
     def router(self) -> Router:
@@ -171,6 +194,8 @@ class Mta:
         """The transfer protocol's policy: XFER from another MTA, SUBMIT from a client, MOVE
         from a mailbox's previous home. `certificate`: the common name of the peer's verified
         certificate, "" without one (transfer.py has refused what needed one)."""
+        if verb in ("XFER", "MOVE") and (refusal := self._impostor(document, certificate)):
+            return refusal
         if verb == "MOVE":
             return await self._take_moved(document)
         try:
@@ -195,6 +220,18 @@ class Mta:
             self.tracking.event("submitted", message.message_id, sender=message.sender.address)
             return f"250 2.0.0 {message.message_id}"
         return f"250 2.0.0 queued {message.message_id}"
+
+    def _impostor(self, document: dict[str, Any], certificate: str) -> str | None:
+        """A hand-off must come from the server it says it comes from: the one the verified
+        certificate names (RFC 5280 §4.1.2.6, its subject; the CN is the server's fqdn), or
+        one server of the organization could pass its mail off as another's."""
+        if self.trust is None:
+            return None
+        sender = self.trust.server_named(certificate) if certificate else None
+        claimed = document.get("from")
+        if sender is None or claimed != sender:
+            return f"550 5.7.1 {claimed} is not the server certified as {certificate or 'none'}"
+        return None
 
     async def _take_moved(self, document: dict[str, Any]) -> str:
         owner = self.router.owner(str(document.get("alias", "")))
@@ -364,7 +401,7 @@ class Mta:
             "from": self.server,
         }
         try:
-            await send_frame(*endpoint, "XFER", document)
+            await send_frame(*endpoint, "XFER", document, self._client_tls(server))
         except TransferError as exc:
             return exc
         self.tracking.event(

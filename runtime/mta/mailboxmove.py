@@ -30,6 +30,7 @@ from typing import Any
 from mailwright.runtime.durable.files import read_file
 from mailwright.runtime.mta.transfer import Endpoint, TransferError, send_frame
 from mailwright.runtime.store.mailstore import MailStore, MovedMessage, StoredMessage
+from mailwright.runtime.tls import ClientTls
 
 BATCH_MESSAGES = 100
 BATCH_BYTES = 16 * 1024 * 1024
@@ -46,11 +47,13 @@ class MailboxMover:
         server: str,
         owner: Owner,
         endpoints: Endpoint,
+        tls: Callable[[str], ClientTls | None] = lambda _: None,
     ) -> None:
         self.store = store
         self.server = server
         self.owner = owner  # read at every sweep: a reload swaps the GAL behind it
         self.endpoints = endpoints
+        self.tls = tls  # the mutual TLS to a new home (MOVE is the organization's alone)
         self._wakeup = asyncio.Event()
 
     def wake(self) -> None:
@@ -121,7 +124,8 @@ class MailboxMover:
             endpoint = self.endpoints(home)
             if endpoint is None:
                 raise TransferError(f"{home} is not running")
-            return await send_frame(*endpoint, "MOVE", {**document, "from": self.server})
+            move = {**document, "from": self.server}
+            return await send_frame(*endpoint, "MOVE", move, self.tls(home))
 
         return sink
 

@@ -28,7 +28,14 @@ import pytest
 from mailwright.runtime.formats.message import Address, Recipient, encode, new_message
 from mailwright.runtime.mta.transfer import recipients_payload, send_frame
 from mailwright.runtime.store.mailstore import MailStore, message_uid
-from tests.helpers import Endpoint, Mailwright, Process, WaitUntil, bundle_applied
+from tests.helpers import (
+    Endpoint,
+    Mailwright,
+    Process,
+    WaitUntil,
+    bundle_applied,
+    transfer_tls,
+)
 
 SEEDED = 500
 SPEC = """\
@@ -196,7 +203,8 @@ class Move:
         """One message from Al to `to`, submitted to alpha; its id once alpha said 250."""
         message_id, document = submission(to)
         endpoint = self.endpoint(self.state, "alpha", "transfer")
-        asyncio.run(send_frame(*endpoint, "SUBMIT", document))
+        tls = transfer_tls(self.state, "Acme", "alpha")
+        asyncio.run(send_frame(*endpoint, "SUBMIT", document, tls))
         return message_id
 
 

@@ -15,6 +15,7 @@ import itertools
 import json
 import shutil
 import socketserver
+import ssl
 import threading
 import time
 from collections import Counter
@@ -29,7 +30,15 @@ import pytest
 from mailwright.runtime.formats.message import Address, Recipient, encode, new_message
 from mailwright.runtime.mta.queue import MessageQueue, QueueEntry
 from mailwright.runtime.mta.transfer import TransferError, recipients_payload, send_frame
-from tests.helpers import Endpoint, Mailwright, Messages, Process, WaitUntil
+from tests.helpers import (
+    Endpoint,
+    Mailwright,
+    Messages,
+    Process,
+    WaitUntil,
+    transfer_server_tls,
+    transfer_tls,
+)
 
 ANN, AL, BOB = "ann@acme.test", "al@acme.test", "bob@acme.test"
 HOMES = {"ann": "alpha", "al": "alpha", "bob": "beta"}
@@ -182,9 +191,9 @@ class Acme:
             "message": encode(message),
             "rcpt": recipients_payload(recipients),
         }
-        reply = await send_frame(
-            *self.endpoint(self.state, "alpha", "transfer"), "SUBMIT", document
-        )
+        where = self.endpoint(self.state, "alpha", "transfer")
+        tls = transfer_tls(self.state, "Acme", "alpha")
+        reply = await send_frame(*where, "SUBMIT", document, tls)
         assert reply == f"250 2.0.0 {message.message_id}"
         return message.message_id
 
@@ -382,16 +391,26 @@ def test_a_transfer_to_a_server_that_is_down_is_retried_with_backoff(
     assert len(deferrals()) == len(attempts) - 1
 
 
-class Refusing(socketserver.StreamRequestHandler):
-    """A transfer port that refuses every frame for good, as an MTA refuses a message too big."""
+class Refusing(socketserver.BaseRequestHandler):
+    """A transfer port that refuses every frame for good, as an MTA refuses a message too big:
+    beta's, with beta's certificate (STARTTLS first, RFC 3207)."""
 
     REPLY = b"552 5.3.4 message too big for beta\r\n"
+    context: ssl.SSLContext  # set by the fixture
 
     def handle(self) -> None:
-        _, _, size = self.rfile.readline().decode("ascii").partition(" ")
-        self.rfile.read(int(size))
-        self.wfile.write(self.REPLY)
-        self.rfile.readline()  # QUIT
+        with self.request.makefile("rb") as clear:
+            assert clear.readline().strip() == b"STARTTLS"
+        self.request.sendall(b"220 2.0.0 ready to start TLS\r\n")
+        with (
+            self.context.wrap_socket(self.request, server_side=True) as tls,
+            tls.makefile("rwb") as stream,
+        ):
+            _, _, size = stream.readline().decode("ascii").partition(" ")
+            stream.read(int(size))
+            stream.write(self.REPLY)
+            stream.flush()
+            stream.readline()  # QUIT
 
 
 @pytest.fixture
@@ -402,6 +421,7 @@ def refusing_beta(acme: Acme) -> Iterator[None]:
     servers = json.loads((acme.state / "bundles/Acme/alpha/servers.json").read_text())
     beta = addresses["hosts"][servers["beta"]["ipv4"]]
     where = (beta["address"], beta["ports"]["transfer"])
+    Refusing.context = transfer_server_tls(acme.state, "Acme", "beta")
     with socketserver.ThreadingTCPServer(where, Refusing) as server:
         thread = threading.Thread(target=server.serve_forever, daemon=True)
         thread.start()

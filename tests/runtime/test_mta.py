@@ -26,7 +26,14 @@ import pytest
 from mailwright.runtime.formats.message import Address, Hop, InternalMessage, Recipient, encode
 from mailwright.runtime.mta.agent import MAX_HOPS
 from mailwright.runtime.mta.transfer import TransferError, recipients_payload, send_frame
-from tests.helpers import SEED_SPECS, Endpoint, Mailwright, Messages, WaitUntil
+from tests.helpers import (
+    SEED_SPECS,
+    Endpoint,
+    Mailwright,
+    Messages,
+    WaitUntil,
+    transfer_tls,
+)
 
 JANE = "jane@dcnw.com"
 PAT = "pat@dcnw.com"
@@ -107,7 +114,8 @@ class Athena:
             "from": "hermes",
         }
         address = self.endpoint(self.state, "athena", "transfer")
-        return asyncio.run(send_frame(*address, "XFER", document))
+        tls = transfer_tls(self.state, "DCNW", "athena", as_server="hermes")
+        return asyncio.run(send_frame(*address, "XFER", document, tls))
 
     def tracking(self) -> list[dict[str, Any]]:
         log = self.state / "hosts" / "athena" / "tracking.jsonl"
