@@ -212,6 +212,6 @@ def test_a_second_supervisor_for_the_same_state_leaves_the_first_alone(runtime: 
         check=False,
     )
     assert second.returncode == 0
-    assert "another one runs" in second.stderr
+    assert "another supervisor runs for this state" in second.stderr
     assert runtime.status()["pid"] == first
     assert all(host["state"] == "running" for host in runtime.status()["hosts"].values())
