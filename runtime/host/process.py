@@ -24,11 +24,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import signal
 import ssl
 import sys
-import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from typing import Any
 
 import uvloop
 
+from mailwright.runtime import logs
 from mailwright.runtime.auth.accounts import Accounts
 from mailwright.runtime.bundle import Bundle, BundleError
 from mailwright.runtime.contract import (
@@ -57,6 +58,8 @@ from mailwright.runtime.nameserver import NameServer
 from mailwright.runtime.store.mailstore import MailStore
 from mailwright.runtime.store.pop3 import Pop3Server
 from mailwright.runtime.tls import ClientTls, self_signed, server_context
+
+log = logging.getLogger("mailwright.host")
 
 Ports = Mapping[Service, int]  # where each service listens
 
@@ -172,7 +175,7 @@ class Host:
             try:
                 await self.reload()
             except Exception:  # a part that could not take the serial in must not end reloads
-                traceback.print_exc()
+                log.exception("reload failed part way")
 
     async def reload(self) -> None:
         """The state's current serial, read off the event loop and then taken in by every part:
@@ -183,7 +186,7 @@ class Host:
         try:
             snapshot = await loop.run_in_executor(None, Snapshot.current, self.snapshot.path)
         except SnapshotError as exc:
-            print(f"reload: {exc}; still serving serial {self.snapshot.serial}", file=sys.stderr)
+            log.error("reload: %s; still serving serial %s", exc, self.snapshot.serial)
             self.failed = {"serial": exc.serial, "error": exc.why}
             self.report_loaded()
             return
@@ -249,7 +252,7 @@ def _mta(snapshot: Snapshot, data: Path, endpoints: Endpoint, trust: PeerTrust) 
     accounts = Accounts(snapshot.tables.accounts)
     mta = Mta(config, snapshot.router, data, store, accounts, endpoints, trust)
     if recovered := mta.recover():
-        print(f"queue: {len(recovered)} entries recovered after a crash", file=sys.stderr)
+        log.warning("queue: %d entries recovered after a crash", len(recovered))
     return mta
 
 
@@ -320,7 +323,9 @@ def run(bundle: Path, data: Path, bind: str | None, ports: Ports) -> int:
     """Serve the bundle until SIGTERM; 1 with one line on stderr if it cannot."""
     try:
         data.mkdir(parents=True, exist_ok=True)
-        address = bind or Bundle.open(bundle).config().server.ipv4
+        server = Bundle.open(bundle).config().server
+        logs.setup(f"host {server.name}")
+        address = bind or server.ipv4
         uvloop.run(serve(bundle, data, address, ports))
     except (OSError, ValueError, ContractError, BundleError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -146,6 +146,13 @@ class Outbound:
             reason = f"DNS lookup for {domain} failed: {exc}"
             await self._settle(entry, Outcome(deferred=dict.fromkeys(due, reason)))
             return
+        # What DNS answered, for `mailwright track`: the MX hosts by preference, their addresses.
+        self.mta.tracking.event(
+            "mx",
+            entry.message.message_id,
+            domain=domain,
+            exchangers=[f"{e.preference} {e.host} {' '.join(e.addresses)}" for e in exchangers],
+        )
         outcome = Outcome(deferred=dict.fromkeys(due, "no mail exchanger"))
         for exchanger in exchangers:
             for address in exchanger.addresses:

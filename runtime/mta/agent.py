@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import logging
 import re
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -37,6 +37,8 @@ from mailwright.runtime.mta.transfer import (
 )
 from mailwright.runtime.store.mailstore import DeliveryError, MailboxMovedError, MailStore
 from mailwright.runtime.tls import ClientTls
+
+log = logging.getLogger("mailwright.mta")
 
 # RFC 5321 §6.3 counts Received headers against loops; inside the organization we count hops.
 MAX_HOPS = 30
@@ -284,8 +286,8 @@ class Mta:
             await self.process(entry)
         except Exception:  # one bad entry must not stop the MTA
             # The entry stays queued (nothing was acknowledged on its behalf) and is tried
-            # again later; the traceback goes to the host's log.
-            traceback.print_exc()
+            # again later; the cause goes to the host's log.
+            log.exception("processing failed", extra={"message_id": entry.message.message_id})
             await asyncio.sleep(1.0)
 
     async def _sleep_until_due(self) -> None:

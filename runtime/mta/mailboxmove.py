@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sys
-import traceback
+import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
@@ -31,6 +30,8 @@ from mailwright.runtime.durable.files import read_file
 from mailwright.runtime.mta.transfer import Endpoint, TransferError, send_frame
 from mailwright.runtime.store.mailstore import MailStore, MovedMessage, StoredMessage
 from mailwright.runtime.tls import ClientTls
+
+log = logging.getLogger("mailwright.mta")
 
 BATCH_MESSAGES = 100
 BATCH_BYTES = 16 * 1024 * 1024
@@ -84,10 +85,10 @@ class MailboxMover:
             try:
                 await self._move(folder, *owner)
             except (TransferError, OSError) as exc:
-                print(f"move: {folder} -> {owner[0]} on {owner[1]}: {exc}", file=sys.stderr)
+                log.warning("move: %s -> %s on %s: %s", folder, owner[0], owner[1], exc)
                 unfinished = True
             except Exception:  # one mailbox's trouble must stop neither the others nor the MTA
-                traceback.print_exc()
+                log.exception("move: %s -> %s on %s failed", folder, owner[0], owner[1])
                 unfinished = True
         return unfinished
 
@@ -99,7 +100,7 @@ class MailboxMover:
         if home == self.server and await loop.run_in_executor(
             None, self.store.rename, folder, alias
         ):
-            print(f"move: {folder} renamed {alias}", file=sys.stderr, flush=True)
+            log.info("move: %s renamed %s", folder, alias)
             return
         sink = self._local(alias) if home == self.server else self._remote(alias, home)
         moved = 0
@@ -111,7 +112,7 @@ class MailboxMover:
         await sink({"alias": alias, "messages": [], "delivered": delivered})
         if not await loop.run_in_executor(None, self.store.discard, folder):
             raise OSError(f"mail came back to {folder} during its move")  # the next sweep
-        print(f"move: {folder}: {moved} messages to {alias} on {home}", file=sys.stderr, flush=True)
+        log.info("move: %s: %d messages to %s on %s", folder, moved, alias, home)
 
     def _local(self, alias: str) -> Sink:
         async def sink(document: dict[str, Any]) -> object:

@@ -250,6 +250,7 @@ def test_jane_to_mark_across_the_internet(seed: Seed, home: Path, tmp_path: Path
         ("hermes", "received"),
         ("hermes", "gateway"),
         ("hermes", "converted"),
+        ("hermes", "mx"),
         ("hermes", "delivered"),
         ("arlington", "received"),
         ("arlington", "converted"),
@@ -257,6 +258,12 @@ def test_jane_to_mark_across_the_internet(seed: Seed, home: Path, tmp_path: Path
     ]:
         assert step in path, (step, path)
     track = seed.track(message_id)
+    # The MX lookup, as the local runtime's DNS answered it (the spec's address of Arlington).
+    [mx] = [e for e in track if e["host"] == "hermes" and e["event"] == "mx"]
+    assert (mx["domain"], mx["exchangers"]) == (
+        "minasi.com",
+        ["10 arlington.minasi.com. 10.2.0.10"],
+    )
     [out] = [e for e in track if e["host"] == "hermes" and e["event"] == "delivered"]
     assert out["via"] == "arlington.minasi.com."
     [stored] = [e for e in track if e["host"] == "arlington" and e["event"] == "delivered"]

@@ -107,6 +107,7 @@ def test_jane_to_mark_by_mx_and_fetchmail_from_the_internet(lab: Seed, tmp_path:
     )
     # Hermes's IMS found Arlington by its MX record, through the lab's resolver.
     track = lab.mailwright("track", message_id)
+    assert "mx" in track and "10 arlington.minasi.com. 10.2.0.10" in track
     assert "via=arlington.minasi.com." in track
     fetched = fetchmail(lab.lab, tmp_path)
     assert message_id.encode() in fetched
