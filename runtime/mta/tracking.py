@@ -26,7 +26,7 @@ class TrackingLog:
         self._lines: list[bytes] = []
         atexit.register(self.flush)
 
-    def event(self, event: str, message_id: str, **details: str) -> None:
+    def event(self, event: str, message_id: str, **details: str | list[str]) -> None:
         """Logged when the event loop next turns (at once without one): the events of one
         turn, often several messages' under load, in one write. Tracking is a log, not mail:
         a process killed at that moment loses those lines, never a message."""
