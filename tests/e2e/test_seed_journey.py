@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable
 from email.message import EmailMessage, Message
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -108,7 +109,7 @@ class Seed:
         finally:
             client.quit()
 
-    def track(self, message_id: str) -> list[dict[str, str]]:
+    def track(self, message_id: str) -> list[dict[str, Any]]:
         done = self.mailwright("track", message_id, "--json", "--state", str(self.state))
         assert done.returncode == 0, done.stderr
         return [json.loads(line) for line in done.stdout.splitlines()]
