@@ -10,14 +10,16 @@ finalizer (by pid and by name prefix), also when a test fails.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from mailwright.runtime.lab import Lab, LabHost, LabUnavailableError, check_available
-from tests.helpers import require_tool
+from tests.helpers import MAILWRIGHT, require_tool
 
 ATHENA = LabHost("athena", "10.1.0.10")
 ARLINGTON = LabHost("arlington", "10.2.0.10")
@@ -100,3 +102,27 @@ def lab(shared_lab: Lab) -> Lab:
     """The shared lab, checked to be isolated before the test sends anything through it."""
     shared_lab.assert_isolated()
     return shared_lab
+
+
+NETNS = ("--auto-approve", "--runtime", "netns")
+
+
+@contextlib.contextmanager
+def applied_in_the_lab(specs: Sequence[Path], state: Path) -> Iterator[Lab]:
+    """`mailwright apply SPECS --runtime netns` (the runtime on, whatever the caller's
+    environment says); the lab, checked to be isolated; `mailwright down` at the end."""
+    done = subprocess.run(
+        [MAILWRIGHT, "apply", *map(str, specs), *NETNS, "--state", str(state)],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if k != "MAILWRIGHT_RUNTIME"},
+        timeout=180,
+        check=False,
+    )
+    try:
+        assert done.returncode == 0, done.stderr
+        lab = Lab(state / "runtime")
+        lab.assert_isolated()
+        yield lab
+    finally:
+        subprocess.run([MAILWRIGHT, "down", "--state", str(state)], timeout=120, check=False)

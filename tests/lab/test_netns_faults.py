@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -19,11 +18,10 @@ from typing import Any
 import pytest
 
 from mailwright.runtime.lab import Lab
-from tests.helpers import MAILWRIGHT, SEED_DIR, wait_until
-from tests.lab.conftest import require_lab
+from tests.helpers import SEED_DIR, wait_until
+from tests.lab.conftest import applied_in_the_lab, require_lab
 
 BURST = 40
-NETNS = ("--auto-approve", "--runtime", "netns")
 RETRY = 2  # seconds: Hermes's IMS retry interval in this test's spec
 # Jane's burst, run inside athena's namespace: each acknowledged message id on a line.
 SENDER = """\
@@ -55,21 +53,8 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Lab]]
     specs[0].write_text(dcnw.replace(relay, relay + retry), encoding="utf-8")
     specs[1].write_text((SEED_DIR / "minasi.yaml").read_text(encoding="utf-8"), encoding="utf-8")
     state = root / "state"
-    done = subprocess.run(
-        [MAILWRIGHT, "apply", *map(str, specs), "--state", str(state), *NETNS],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "MAILWRIGHT_RUNTIME"},
-        timeout=180,
-        check=False,
-    )
-    try:
-        assert done.returncode == 0, done.stderr
-        lab = Lab(state / "runtime")
-        lab.assert_isolated()
+    with applied_in_the_lab(specs, state) as lab:
         yield state, lab
-    finally:
-        subprocess.run([MAILWRIGHT, "down", "--state", str(state)], timeout=120, check=False)
 
 
 def _events(state: Path, server: str) -> list[dict[str, Any]]:

@@ -22,11 +22,10 @@ import pytest
 
 from mailwright.runtime.lab import Lab
 from tests.helpers import MAILWRIGHT, SEED_SPECS, require_tool, wait_until
-from tests.lab.conftest import require_lab
+from tests.lab.conftest import applied_in_the_lab, require_lab
 
 PASSWORDS = {"jane": "demo-jane", "mark": "demo-mark"}
 TIMEOUT = 30.0
-NETNS = ("--auto-approve", "--runtime", "netns")
 
 
 @dataclass
@@ -64,19 +63,8 @@ def seed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seed]:
     require_lab()
     require_tool("fetchmail")
     state = tmp_path_factory.mktemp("netns") / "state"
-    done = subprocess.run(
-        [MAILWRIGHT, "apply", *map(str, SEED_SPECS), *NETNS, "--state", str(state)],
-        capture_output=True,
-        text=True,
-        env={k: v for k, v in os.environ.items() if k != "MAILWRIGHT_RUNTIME"},
-        timeout=180,
-        check=False,
-    )
-    try:
-        assert done.returncode == 0, done.stderr
-        yield Seed(state, Lab(state / "runtime"))
-    finally:
-        subprocess.run([MAILWRIGHT, "down", "--state", str(state)], timeout=120, check=False)
+    with applied_in_the_lab(SEED_SPECS, state) as lab:
+        yield Seed(state, lab)
 
 
 @pytest.fixture
