@@ -166,6 +166,12 @@ def load_plan(path: Path, state_dir: StateDir) -> PreparedPlan:
             f"not {PLANFILE_FORMAT_VERSION}"
         )
     state = state_dir.read()
+    if document["lineage"] != state.lineage and document["state_serial"] and state.serial:
+        # Terraform's lineage: a plan of one state never applies to another.
+        raise PlanFileError(
+            f"{path} was planned against another state (lineage {document['lineage']}); "
+            f"{state_dir.path} has lineage {state.lineage}; make a new plan for it"
+        )
     if (document["lineage"], document["state_serial"]) != (state.lineage, state.serial) and not (
         document["state_serial"] == 0 == state.serial
     ):
@@ -314,11 +320,20 @@ def _retain_removed_stores(plan: Plan, state_dir: StateDir, serial: int) -> None
 def purge(state_dir: StateDir, names: Sequence[str]) -> list[Path]:
     """Delete retained stores for good: all, or those named ALIAS, ORG/ALIAS or
     ORG/ALIAS.SERIAL (as `retained/` lists them)."""
-    removed = []
-    for path in sorted(state_dir.retained.glob("*/*")) if state_dir.retained.is_dir() else []:
-        alias = path.name.rpartition(".")[0]
-        labels = {alias, f"{path.parent.name}/{alias}", f"{path.parent.name}/{path.name}"}
-        if not names or labels & set(names):
-            shutil.rmtree(path)
-            removed.append(path)
+    retained = sorted(state_dir.retained.glob("*/*")) if state_dir.retained.is_dir() else []
+    labels = {path: _labels(path) for path in retained}
+    if unknown := [n for n in names if not any(n in found for found in labels.values())]:
+        known = ", ".join(f"{p.parent.name}/{p.name}" for p in retained) or "none"
+        raise StateError(
+            f"nothing retained is called {', '.join(unknown)} (retained: {known}); nothing purged"
+        )
+    removed = [path for path in retained if not names or labels[path] & set(names)]
+    for path in removed:
+        shutil.rmtree(path)
     return removed
+
+
+def _labels(path: Path) -> set[str]:
+    """What names a retained store `retained/ORG/ALIAS.SERIAL`."""
+    alias = path.name.rpartition(".")[0]
+    return {alias, f"{path.parent.name}/{alias}", f"{path.parent.name}/{path.name}"}

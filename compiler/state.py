@@ -44,11 +44,28 @@ class StateError(Exception):
 class LockedError(StateError):
     def __init__(self, path: Path, holder: dict[str, Any]) -> None:
         self.holder = holder
-        super().__init__(
-            f"state {path.parent} is locked by pid {holder.get('pid')} on {holder.get('host')} "
-            f"since {holder.get('since')}; wait for it, or run `mailwright force-unlock` "
-            "if that process is gone"
-        )
+        unlock = f"`mailwright force-unlock --state {path.parent}`"
+        pid, host = holder.get("pid"), holder.get("host")
+        if not isinstance(pid, int) or not isinstance(host, str):
+            why = f"{path} is not a lock mailwright wrote; if no apply runs, run {unlock}"
+        elif host == socket.gethostname() and not _alive(pid):
+            why = f"{path} was left by pid {pid}, which is no longer running; run {unlock}"
+        else:
+            why = (
+                f"state {path.parent} is locked by pid {pid} on {host} since "
+                f"{holder.get('since')}; wait for it, or run {unlock} if that process is gone"
+            )
+        super().__init__(why)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists, as another user's process
+    return True
 
 
 Progress = Callable[[int, int], None]  # (done, in all)
@@ -254,10 +271,10 @@ class StateDir:
 
     def lock_holder(self) -> dict[str, Any]:
         try:
-            holder: dict[str, Any] = json.loads(self.lock_file.read_text(encoding="utf-8"))
-            return holder
+            holder = json.loads(self.lock_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return {}
+        return holder if isinstance(holder, dict) else {}
 
     def force_unlock(self) -> dict[str, Any] | None:
         """Remove a stale lock; returns who held it, or None when there was none."""

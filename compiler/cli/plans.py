@@ -36,6 +36,9 @@ from mailwright.schema import LoadedSpec
 group = typer.Typer()
 
 
+PLAN_FILE_START = b'{"checksum": '
+
+
 class Runtime(enum.StrEnum):
     """Where the hosts run (runtime/targets/placement.py RUNTIMES)."""
 
@@ -133,6 +136,7 @@ def apply_command(
     ] = False,
 ) -> None:
     """Apply specs (after showing the plan and asking) or a saved plan (exactly, no prompt)."""
+    launcher.runtime_enabled()  # a MAILWRIGHT_RUNTIME that is neither on nor off: said first
     state_dir = StateDir(state)
     chosen = runtime.value if runtime else launcher.running_runtime(state) or "local"
     target = launcher.LocalTarget(state_dir.path, chosen)
@@ -160,7 +164,13 @@ def apply_command(
 
 
 def _is_spec(path: Path) -> bool:
-    return path.suffix.lower() in (".yaml", ".yml")
+    """A spec unless it is a saved plan, whatever the file's name: `plan --out` writes a JSON
+    object with sorted keys, which begins with its checksum."""
+    try:
+        with open(path, "rb") as handle:
+            return not handle.read(len(PLAN_FILE_START)).startswith(PLAN_FILE_START)
+    except OSError:
+        return True  # the spec loader says what is wrong with it, at its place
 
 
 def _load_specs(targets: list[Path], state_dir: StateDir) -> list[LoadedSpec]:
@@ -265,7 +275,8 @@ def purge(
     names: Annotated[
         list[str] | None,
         typer.Argument(
-            help="Retained stores to delete (ORG/ALIAS or ALIAS prefixes).", show_default=False
+            help="Retained stores to delete: ALIAS, ORG/ALIAS or ORG/ALIAS.SERIAL.",
+            show_default=False,
         ),
     ] = None,
     state: StateOption = DEFAULT_STATE,
@@ -275,6 +286,8 @@ def purge(
     if not names and not purge_all:
         raise CommandError("name the retained stores to delete, or pass --all")
     state_dir = StateDir(state)
+    if not state_dir.state_file.is_file():
+        raise CommandError(f"{state} holds no applied state; nothing to purge")
     with state_dir.locked():
         purged = apply_module.purge(state_dir, names or [])
     for path in purged:

@@ -54,8 +54,20 @@ def launch(
     ensure_running(state_dir, serial, progress, runtime)
 
 
+# MAILWRIGHT_RUNTIME, as shells and CI systems spell a switch.
+_ON = ("on", "1", "true", "yes")
+_OFF = ("off", "0", "false", "no")
+
+
 def runtime_enabled() -> bool:
-    return os.environ.get("MAILWRIGHT_RUNTIME", "on") != "off"
+    """Whether `apply` runs the hosts: MAILWRIGHT_RUNTIME off writes artifacts and state only.
+    A value that is neither is refused: a typo must not start live servers."""
+    value = os.environ.get("MAILWRIGHT_RUNTIME", "on").strip().lower()
+    if value in _ON or value in _OFF:
+        return value in _ON
+    raise LaunchError(
+        f"MAILWRIGHT_RUNTIME={value!r} is neither on ({', '.join(_ON)}) nor off ({', '.join(_OFF)})"
+    )
 
 
 def ensure_running(

@@ -442,8 +442,9 @@ def test_an_altered_plan_file_is_refused(fresh: Workspace) -> None:
     assert not (fresh.state / "state.json").exists()
     assert not (fresh.state / "artifacts").exists()
 
+    # Not a saved plan by its content: read as the spec it then is, and refused at its place.
     (fresh.root / "notes.txt").write_text("not a plan\n")
-    assert "not a mailwright plan file" in refused(
+    assert "notes.txt:1:1: error: expected a mapping of keys to values" in refused(
         fresh.run("apply", "notes.txt", "--state", "state")
     )
 
@@ -560,7 +561,9 @@ def test_force_unlock_clears_a_stale_lock(seed: Workspace) -> None:
     (seed.state / "lock").write_text(json.dumps(stale))
     seed.edit("minasi.yaml", "pop3: {enabled: false}", "pop3: {enabled: true}")
 
-    assert f"locked by pid {gone.pid}" in refused(seed.apply("--auto-approve"))
+    assert f"left by pid {gone.pid}, which is no longer running" in refused(
+        seed.apply("--auto-approve")
+    )
     assert seed.serial() == 1
 
     removed = ok(seed.run("force-unlock", "--state", "state"))

@@ -1,0 +1,110 @@
+"""Bad input at the command line gets one clear line (issue: every bad input gets one clear
+line): the runtime switch, plans told from specs by content, purge of what is not retained,
+locks, a plan of another state, --version and -h."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import MAILWRIGHT, SEED_DIR
+
+MINASI = SEED_DIR / "minasi.yaml"
+
+
+def mailwright(
+    *args: str, runtime: str = "off", cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "MAILWRIGHT_RUNTIME": runtime, "NO_COLOR": "1"}
+    return subprocess.run(
+        [MAILWRIGHT, *args], capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+@pytest.mark.parametrize("value", ["0", "false", "OFF", "No"])
+def test_the_usual_spellings_of_off_keep_the_runtime_off(tmp_path: Path, value: str) -> None:
+    done = mailwright(
+        "apply", str(MINASI), "--state", str(tmp_path / "s"), "--auto-approve", runtime=value
+    )
+    assert done.returncode == 0, done.stderr
+    assert not (tmp_path / "s" / "runtime" / "supervisor.pid").exists()
+
+
+def test_a_runtime_switch_that_is_neither_is_refused_before_anything(tmp_path: Path) -> None:
+    done = mailwright(
+        "apply", str(MINASI), "--state", str(tmp_path / "s"), "--auto-approve", runtime="of"
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: MAILWRIGHT_RUNTIME='of' is neither on (on, 1, true, yes) nor off "
+        "(off, 0, false, no)\n"
+    )
+    assert not (tmp_path / "s" / "state.json").exists()
+
+
+def test_a_spec_and_a_plan_are_told_apart_by_content_not_by_name(tmp_path: Path) -> None:
+    spec = tmp_path / "minasi.spec"  # a spec not named .yaml
+    shutil.copy(MINASI, spec)
+    state = str(tmp_path / "s")
+    planned = tmp_path / "saved.yaml"  # a plan named .yaml
+    done = mailwright("plan", str(spec), "--state", state, "--out", str(planned))
+    assert done.returncode == 0, done.stderr
+    done = mailwright("apply", str(planned), "--state", state)
+    assert done.returncode == 0, done.stderr
+    assert "Apply complete!" in done.stdout
+
+
+def test_purge_refuses_what_is_not_retained_and_an_empty_state(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    done = mailwright("purge", "nobody", "--state", str(state))
+    empty = f"error: {state} holds no applied state; nothing to purge\n"
+    assert (done.returncode, done.stderr) == (1, empty)
+    assert not state.exists()
+    assert mailwright("apply", str(MINASI), "--state", str(state), "--auto-approve").returncode == 0
+    done = mailwright("purge", "nobody", "--state", str(state))
+    assert done.returncode == 1
+    unknown = "error: nothing retained is called nobody (retained: none); nothing purged\n"
+    assert done.stderr == unknown
+
+
+def test_a_lock_names_its_state_and_tells_a_dead_holder_from_garbage(tmp_path: Path) -> None:
+    state = tmp_path / "s"
+    state.mkdir()
+    lock = state / "lock"
+    unlock = f"`mailwright force-unlock --state {state}`"
+    gone = 2**22 + 7  # above pid_max's default: no process has it
+    lock.write_text(json.dumps({"pid": gone, "host": socket.gethostname(), "since": "x"}))
+    done = mailwright("apply", str(MINASI), "--state", str(state), "--auto-approve")
+    assert done.stderr == (
+        f"error: {lock} was left by pid {gone}, which is no longer running; run {unlock}\n"
+    )
+    lock.write_text("[1, 2]")
+    done = mailwright("apply", str(MINASI), "--state", str(state), "--auto-approve")
+    garbage = f"error: {lock} is not a lock mailwright wrote; if no apply runs, run {unlock}\n"
+    assert done.stderr == garbage
+
+
+def test_a_plan_of_another_state_says_so(tmp_path: Path) -> None:
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    for state in (one, two):
+        assert mailwright("apply", str(MINASI), "--state", state, "--auto-approve").returncode == 0
+    changed = tmp_path / "minasi.yaml"
+    changed.write_text(MINASI.read_text().replace("Mark", "Marc"), encoding="utf-8")
+    saved = tmp_path / "plan.json"
+    assert mailwright("plan", str(changed), "--state", one, "--out", str(saved)).returncode == 0
+    done = mailwright("apply", str(saved), "--state", two)
+    assert done.returncode == 1
+    assert "was planned against another state (lineage " in done.stderr
+    assert f"{two} has lineage " in done.stderr
+
+
+def test_version_and_short_help() -> None:
+    assert mailwright("--version").stdout.startswith("mailwright ")
+    assert "Usage: mailwright" in mailwright("-h").stdout
+    assert "Usage: mailwright validate" in mailwright("validate", "-h").stdout
