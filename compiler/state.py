@@ -34,6 +34,7 @@ from mailwright.runtime.durable.files import (
 )
 
 STATE_FORMAT_VERSION = 1
+_KINDS: dict[type, str] = {int: "a whole number", str: "a string", dict: "a JSON object"}
 DEFAULT_STATE_DIR = ".mailwright"
 
 
@@ -132,10 +133,21 @@ class State:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> State:
+    def from_json(cls, data: Any, where: Path | str = "state.json") -> State:
+        """Checked as strictly as a spec: a state file that lies (a serial of -4, of "1", of
+        null) must not turn into "everything drifted" or a traceback."""
+        if not isinstance(data, dict):
+            raise StateError(f"{where} is not a mailwright state: not a JSON object")
         version = data.get("format_version")
         if version != STATE_FORMAT_VERSION:
             raise StateError(f"state format version {version} is not one this mailwright reads")
+        expected = {"serial": int, "lineage": str, "applied": dict, "host_addresses": dict}
+        for key, kind in expected.items():
+            value = data.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool):
+                raise StateError(f"{where}: `{key}` must be {_KINDS[kind]}, not {value!r}")
+        if data["serial"] < 0:
+            raise StateError(f"{where}: `serial` must be 0 or more, not {data['serial']}")
         return cls(
             data["serial"],
             data["lineage"],
@@ -222,13 +234,17 @@ class StateDir:
         return self.path / "hosts" / server / "store" / alias
 
     def read(self) -> State:
+        if self.path.exists() and not self.path.is_dir():
+            raise StateError(f"{self.path} is a file, not a state directory (see --state)")
         try:
             data = json.loads(self.state_file.read_text(encoding="utf-8"))
         except FileNotFoundError:
             return State()
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
+            raise StateError(f"cannot read {self.state_file}: {exc.strerror or exc}") from None
+        except ValueError as exc:
             raise StateError(f"cannot read {self.state_file}: {exc}") from None
-        return State.from_json(data)
+        return State.from_json(data, self.state_file)
 
     def write(self, state: State) -> None:
         text = json.dumps(state.as_json(), indent=2, sort_keys=True) + "\n"

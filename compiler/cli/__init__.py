@@ -7,6 +7,7 @@ runs it in-process and returns the exit code; `run` is the console script.
 
 from __future__ import annotations
 
+import os
 import sys
 from importlib.metadata import version
 from typing import Annotated, NoReturn
@@ -57,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return _exit_code(exit_.code)
     except Exception as exc:
-        code = errors.report(exc)
+        code = None if os.environ.get("MAILWRIGHT_DEBUG") == "1" else errors.report(exc)
         if code is None:
-            raise  # a bug: its traceback says more than any message would
+            raise  # a bug (or MAILWRIGHT_DEBUG=1): its traceback says more than a message
         return code
     return 0  # not reached: a standalone typer app always exits
 

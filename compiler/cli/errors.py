@@ -46,10 +46,19 @@ FAILURES: tuple[type[Exception], ...] = (
 
 def message(exc: BaseException) -> str | None:
     """The line printed for `exc`, or None when it is not one of the FAILURES."""
-    if not isinstance(exc, FAILURES):
+    if isinstance(exc, OSError) and not isinstance(exc, FAILURES):
+        # What the operating system refused (a --state that is a file, a read-only file
+        # system, a full disk): the path and the reason, never a traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        text = f"cannot use{where}: {reason(exc)}"
+    elif isinstance(exc, RecursionError):
+        text = "the input nests too deeply to read (thousands of levels)"
+    elif isinstance(exc, FAILURES):
+        text = str(exc)
+    else:
         return None
     # One line whatever the message holds: a wrapped line would read as two errors.
-    return "error: " + " ".join(str(exc).splitlines())
+    return "error: " + " ".join(text.splitlines())
 
 
 def report(exc: BaseException) -> int | None:

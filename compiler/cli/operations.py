@@ -51,6 +51,11 @@ def send(
         with cannot(f"read {body_file}"):
             body = body_file.read_text(encoding="utf-8")
     assert body is not None  # one of the two, checked above
+    if not password_env and not sys.stdin.isatty():
+        raise CommandError(
+            "no terminal to ask the password on: put it in an environment variable and "
+            "name it with --password-env VAR"
+        )
     password = (
         os.environ.get(password_env, "")
         if password_env

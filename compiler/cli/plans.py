@@ -77,6 +77,10 @@ def plan(
     ] = False,
 ) -> None:
     """Show what apply would change, against the applied state."""
+    if as_json and output not in (PlanFormat.TEXT, PlanFormat.JSON):
+        raise CommandError(f"--json and --format {output} ask for two formats; give one")
+    if summary and (as_json or output is not PlanFormat.TEXT):
+        raise CommandError("--summary is text only; drop --json or --format")
     state_dir = StateDir(state)
     with _progress() as progress:
         progress("Loading specs", 0, None)

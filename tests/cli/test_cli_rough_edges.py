@@ -16,6 +16,7 @@ import pytest
 from tests.helpers import MAILWRIGHT, SEED_DIR
 
 MINASI = SEED_DIR / "minasi.yaml"
+SEND = ("--from", "jane@dcnw.com", "--to", "mark@minasi.com", "--subject", "s", "--body", "b")
 
 
 def mailwright(
@@ -108,3 +109,61 @@ def test_version_and_short_help() -> None:
     assert mailwright("--version").stdout.startswith("mailwright ")
     assert "Usage: mailwright" in mailwright("-h").stdout
     assert "Usage: mailwright validate" in mailwright("validate", "-h").stdout
+
+
+@pytest.mark.parametrize(
+    ("state", "said"),
+    [
+        ([1, 2], "is not a mailwright state: not a JSON object"),
+        ({"serial": -4}, "`serial` must be 0 or more, not -4"),
+        ({"serial": "1"}, "`serial` must be a whole number, not '1'"),
+        ({"serial": None}, "`serial` must be a whole number, not None"),
+        ({"lineage": None}, "`lineage` must be a string, not None"),
+    ],
+)
+def test_a_state_file_that_lies_is_refused_in_one_line(
+    tmp_path: Path, state: object, said: str
+) -> None:
+    good = {"format_version": 1, "serial": 1, "lineage": "x", "applied": {}, "host_addresses": {}}
+    folder = tmp_path / "s"
+    folder.mkdir()
+    document = {**good, **state} if isinstance(state, dict) else state
+    (folder / "state.json").write_text(json.dumps(document))
+    done = mailwright("plan", str(MINASI), "--state", str(folder))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: {folder / 'state.json'}")
+    assert done.stderr.endswith(f"{said}\n") and done.stderr.count("\n") == 1
+
+
+def test_operating_system_refusals_are_one_line(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    done = mailwright("plan", str(MINASI), "--state", str(a_file))
+    assert done.stderr == f"error: {a_file} is a file, not a state directory (see --state)\n"
+    done = mailwright("compile", str(MINASI), "--out", str(a_file))
+    assert done.stderr == f"error: cannot use {a_file / 'Minasi'}: Not a directory\n"
+    assert "Traceback" not in done.stderr
+
+
+def test_conflicting_output_switches_are_refused(tmp_path: Path) -> None:
+    state = str(tmp_path / "s")
+    done = mailwright("plan", str(MINASI), "--state", state, "--json", "--summary")
+    assert done.stderr == "error: --summary is text only; drop --json or --format\n"
+    done = mailwright("plan", str(MINASI), "--state", state, "--json", "--format", "markdown")
+    assert done.stderr == "error: --json and --format markdown ask for two formats; give one\n"
+
+
+def test_send_without_a_terminal_says_how_to_give_the_password(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [MAILWRIGHT, "send", *SEND, "--state", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr == (
+        "error: no terminal to ask the password on: put it in an environment variable and "
+        "name it with --password-env VAR\n"
+    )
