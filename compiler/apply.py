@@ -333,6 +333,16 @@ def purge(state_dir: StateDir, names: Sequence[str]) -> list[Path]:
     return removed
 
 
+def retained(state_dir: StateDir) -> list[tuple[Path, int]]:
+    """Every retained store (`retained/ORG/ALIAS.SERIAL`) with the messages it holds."""
+    stores = sorted(state_dir.retained.glob("*/*")) if state_dir.retained.is_dir() else []
+    return [(path, _messages(path)) for path in stores]
+
+
+def _messages(store: Path) -> int:
+    return sum(1 for sub in ("new", "cur") for _ in (store / "Maildir" / sub).glob("*"))
+
+
 def _labels(path: Path) -> set[str]:
     """What names a retained store `retained/ORG/ALIAS.SERIAL`."""
     alias = path.name.rpartition(".")[0]

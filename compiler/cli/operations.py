@@ -96,6 +96,8 @@ def status(
     current = launcher.status(state)
     if as_json:
         print(json.dumps(current, indent=2, sort_keys=True))
+        if current["pid"] is None:
+            raise typer.Exit(1)  # as the text form: scripts test the exit code
         return
     if current["pid"] is None:
         out.print(

@@ -164,7 +164,7 @@ def apply_command(
         with _progress() as progress:
             serial = apply(prepared, state_dir, progress, target, rotate_ca=rotate_ca).serial
             moving = _wait_for_moves(prepared.plan, state_dir, progress)
-    _print_applied(prepared.plan, serial, moving)
+    _print_applied(prepared.plan, state_dir, serial, moving)
 
 
 def _is_spec(path: Path) -> bool:
@@ -194,11 +194,17 @@ def _prepare(specs: list[LoadedSpec], plan_file: Path | None, state_dir: StateDi
     return prepared
 
 
-def _print_applied(result: Plan, serial: int, moving: list[str]) -> None:
+def _print_applied(result: Plan, state_dir: StateDir, serial: int, moving: list[str]) -> None:
     if moving:
         err.print(
             f"note: still moving the mail of {', '.join(moving)}; their hosts finish the move "
             "by themselves (see `mailwright logs HOST`)",
+            markup=False,
+        )
+    for kept in sorted(state_dir.retained.glob(f"*/*.{serial}")):
+        name = f"{kept.parent.name}/{kept.name.rpartition('.')[0]}"
+        err.print(
+            f"note: the mail of {name} is kept in {kept} (`mailwright purge {name}` deletes it)",
             markup=False,
         )
     counts = result.counts()
@@ -272,6 +278,17 @@ def force_unlock(state: StateOption = DEFAULT_STATE) -> None:
             f"(since {holder.get('since')}).",
             markup=False,
         )
+
+
+@group.command()
+def retained(state: StateOption = DEFAULT_STATE) -> None:
+    """List the mail kept of mailboxes removed from the spec (what `purge` deletes)."""
+    state_dir = StateDir(state)
+    stores = apply_module.retained(state_dir)
+    if not stores:
+        out.print(f"Nothing is retained in {state}.", markup=False)
+    for path, messages in stores:
+        out.print(f"{path.parent.name}/{path.name}  {messages} messages  {path}", markup=False)
 
 
 @group.command()

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mailwright.runtime.store.mailstore import MailStore
 from tests.helpers import MAILWRIGHT, SEED_DIR
 
 MINASI = SEED_DIR / "minasi.yaml"
@@ -167,3 +168,28 @@ def test_send_without_a_terminal_says_how_to_give_the_password(tmp_path: Path) -
         "error: no terminal to ask the password on: put it in an environment variable and "
         "name it with --password-env VAR\n"
     )
+
+
+def test_retained_mail_is_said_at_apply_listed_and_purged(tmp_path: Path) -> None:
+    state, spec = tmp_path / "s", tmp_path / "minasi.yaml"
+    text = MINASI.read_text(encoding="utf-8")
+    spec.write_text(text, encoding="utf-8")
+    assert mailwright("apply", str(spec), "--state", str(state), "--auto-approve").returncode == 0
+    MailStore(state / "hosts" / "arlington" / "store").deliver("paula", "<m@x>", b"Subject: x\n\n")
+    spec.write_text(text[: text.index("  - alias: paula")] + text[text.index("\ndns:") :])
+    done = mailwright("apply", str(spec), "--state", str(state), "--auto-approve")
+    kept = state / "retained" / "Minasi" / "paula.2"
+    assert done.stderr == (
+        f"note: the mail of Minasi/paula is kept in {kept} (`mailwright purge Minasi/paula` "
+        "deletes it)\n"
+    )
+    listed = mailwright("retained", "--state", str(state)).stdout
+    assert listed == f"Minasi/paula.2  1 messages  {kept}\n"
+    assert mailwright("purge", "Minasi/paula", "--state", str(state)).returncode == 0
+    nothing = f"Nothing is retained in {state}.\n"
+    assert mailwright("retained", "--state", str(state)).stdout == nothing
+
+
+def test_status_exits_1_when_nothing_runs_in_json_too(tmp_path: Path) -> None:
+    for form in ((), ("--json",)):
+        assert mailwright("status", *form, "--state", str(tmp_path)).returncode == 1
