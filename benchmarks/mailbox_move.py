@@ -43,7 +43,7 @@ import argon2
 
 from mailwright.runtime.bundle import applied_bundle
 from mailwright.runtime.contract import UNPRIVILEGED_PORTS
-from mailwright.runtime.discovery import local_addresses
+from mailwright.runtime.discovery import local_addresses, spec_peers
 from mailwright.runtime.store.mailstore import MailStore
 
 SPEC = """\
@@ -135,7 +135,7 @@ def _bundle(state: Path, server: str) -> Path:
     PKI (apply issued it): the transfer port speaks only mutual TLS."""
     serial = json.loads((state / "state.json").read_text(encoding="utf-8"))["serial"]
     tree = state / "artifacts" / str(serial)
-    addresses = local_addresses(tree, ADDRESSES, UNPRIVILEGED_PORTS)
+    addresses = local_addresses(spec_peers(tree, sorted(ADDRESSES)), ADDRESSES, UNPRIVILEGED_PORTS)
     bundle = state / "bundles" / server
     applied_bundle(state, "Acme", server, bundle, addresses)
     return bundle

@@ -75,14 +75,14 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def local_addresses(
-    tree: Path, host_addresses: Mapping[str, str], ports: Mapping[Service, int]
+    peers: Mapping[str, Peer], host_addresses: Mapping[str, str], ports: Mapping[Service, int]
 ) -> AddressMap:
-    """The local runtime's map of an applied tree: each host ("ORG/server") on its loopback
+    """The local runtime's map of the applied hosts (`peers`, by "ORG/server", as spec_peers
+    reads them): each host on its loopback
     address, its services on `ports`; the DNS hosts are the resolvers. Two organizations that
     give a server the same ipv4 cannot both be reached by it here: the first keeps it."""
     hosts: dict[str, LocalAddress] = {}
     resolvers = []
-    peers = spec_peers(tree, sorted(host_addresses))
     for name, address in sorted(host_addresses.items()):
         peer = peers[name]
         listens: dict[str, int] = {s: p for s, p in ports.items() if peer.serves(s)}

@@ -31,7 +31,7 @@ import pytest
 from mailwright.compiler.pki import OrganizationPki
 from mailwright.runtime.bundle import Credentials, write_bundle
 from mailwright.runtime.contract import UNPRIVILEGED_PORTS, read_servers
-from mailwright.runtime.discovery import local_addresses
+from mailwright.runtime.discovery import local_addresses, spec_peers
 from mailwright.runtime.durable.files import write_atomic
 from mailwright.runtime.tls import ClientTls, transfer_client_context, transfer_server_context
 
@@ -76,7 +76,7 @@ def host_bundle(config: Path, state: Path, serial: int | None = None) -> tuple[P
     digest = hashlib.sha256(str(state.resolve()).encode()).digest()
     block = f"127.{10 + digest[0] % 200}.{digest[1]}"
     hosts = {name: f"{block}.{index}" for index, name in enumerate(names, 1)}
-    addresses = local_addresses(tree, hosts, UNPRIVILEGED_PORTS)
+    addresses = local_addresses(spec_peers(tree, sorted(hosts)), hosts, UNPRIVILEGED_PORTS)
     bundle = state / "bundles" / organization / server
     zones = sorted(tree.glob("*/zones/*.zone"))
     for folder in sorted(tree.glob("*/servers.json")):

@@ -26,12 +26,14 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mailwright.runtime import logs
 from mailwright.runtime.bundle import HOST_CONFIG, MANIFEST, point, state_credentials, write_bundle
+from mailwright.runtime.contract import Peer
 from mailwright.runtime.discovery import spec_peers
 from mailwright.runtime.host.change import host_change
 from mailwright.runtime.targets.placement import RUNTIMES, Loopback, Placement, placement
@@ -79,25 +81,27 @@ class Supervisor:
         self.serial = state["serial"]
         tree = self.state / "artifacts" / str(self.serial)
         host_addresses: dict[str, str] = state["host_addresses"]
-        if self.place.rebuilds(tree, list(host_addresses)):
+        peers = spec_peers(tree, sorted(host_addresses))  # read once, for every step below
+        if self.place.rebuilds(peers):
             for host in self.hosts.values():
                 self._stop(host, f"the {self.place.name} runtime is made anew")
-        self.place.prepare(tree, list(host_addresses))
-        wanted = self._bundle(tree, host_addresses)
+        self.place.prepare(tree, peers)
+        wanted = self._bundle(tree, peers, host_addresses)
         for name in sorted(set(self.hosts) - set(wanted)):
             self._stop(self.hosts.pop(name), "removed from the spec")
-        peers = spec_peers(tree, list(host_addresses))
         for name, loopback in sorted(host_addresses.items()):
             self._converge(name, wanted[name], self.place.address(name, loopback, peers[name]))
         for old in self.state.glob("bundles/*/*"):
             if old.name.isdigit() and int(old.name) < self.serial - 1:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _bundle(self, tree: Path, host_addresses: dict[str, str]) -> dict[str, Path]:
+    def _bundle(
+        self, tree: Path, peers: Mapping[str, Peer], host_addresses: dict[str, str]
+    ) -> dict[str, Path]:
         """Every host's bundle of the current serial, each host's `bundle` path pointed at it;
         those paths by host. The bundles are hard links into the applied tree (a bundle of a
         serial never changes: one written whole is used as it is)."""
-        addresses = self.place.addresses(tree, host_addresses)
+        addresses = self.place.addresses(peers, host_addresses)
         zones = self.place.zones(tree)
         folder = self.state / "bundles" / self.place.name / str(self.serial)
         links = {}

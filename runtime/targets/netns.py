@@ -8,14 +8,13 @@ from the compiled zones.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import dns.name
 import dns.rdatatype
 
 from mailwright.runtime.contract import WELL_KNOWN_PORTS, AddressMap, Peer, Service
-from mailwright.runtime.discovery import spec_peers
 from mailwright.runtime.lab import Lab, LabError, LabHost
 from mailwright.runtime.nameserver import load_zones
 
@@ -35,23 +34,25 @@ class Namespaces:
     def address(self, host: str, loopback: str, peer: Peer) -> str:
         return peer.ipv4
 
-    def addresses(self, tree: Path, host_addresses: Mapping[str, str]) -> AddressMap | None:
+    def addresses(
+        self, peers: Mapping[str, Peer], host_addresses: Mapping[str, str]
+    ) -> AddressMap | None:
         return None  # the spec's addresses are real here
 
     def zones(self, tree: Path) -> list[Path]:
         return []  # each DNS host serves its own organization's; the lab's root delegates
 
-    def rebuilds(self, tree: Path, hosts: Sequence[str]) -> bool:
-        return _lab_hosts(tree, hosts) != self.hosts
+    def rebuilds(self, peers: Mapping[str, Peer]) -> bool:
+        return _lab_hosts(peers) != self.hosts
 
-    def prepare(self, tree: Path, hosts: Sequence[str]) -> None:
+    def prepare(self, tree: Path, peers: Mapping[str, Peer]) -> None:
         """The lab of these hosts: made anew when they changed (its namespaces are fixed when
         it is made), after what a crashed one left is cleaned; isolation checked first."""
-        wanted = _lab_hosts(tree, hosts)
+        wanted = _lab_hosts(peers)
         if wanted == self.hosts:
             return
         self.lab.down()
-        self.lab.up(wanted, delegations(tree, hosts))
+        self.lab.up(wanted, delegations(tree, peers))
         self.lab.assert_isolated()
         self.hosts = wanted
 
@@ -62,15 +63,14 @@ class Namespaces:
         self.lab.down()
 
 
-def _lab_hosts(tree: Path, hosts: Sequence[str]) -> list[LabHost]:
-    peers = spec_peers(tree, hosts)
+def _lab_hosts(peers: Mapping[str, Peer]) -> list[LabHost]:
     servers = [name.split("/", 1)[1] for name in sorted(peers)]
     if len(set(servers)) != len(servers):
         raise LabError("the lab names a namespace by server: two organizations share a name")
     return [LabHost(name.split("/", 1)[1], peer.ipv4) for name, peer in sorted(peers.items())]
 
 
-def delegations(tree: Path, hosts: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+def delegations(tree: Path, hosts: Iterable[str]) -> dict[str, list[tuple[str, str]]]:
     """Each forward zone of the applied organizations -> its name servers and their glue (A
     records inside the zone), as a parent zone delegates (RFC 1034 §4.2.1)."""
     organizations = sorted({name.split("/", 1)[0] for name in hosts})

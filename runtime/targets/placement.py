@@ -10,7 +10,7 @@ when it is chosen; a host process never imports either.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -34,16 +34,19 @@ class Placement(Protocol):
     def address(self, host: str, loopback: str, peer: Peer) -> str:
         """Where host "ORG/server" listens: its loopback address here, or its spec ipv4."""
 
-    def addresses(self, tree: Path, host_addresses: Mapping[str, str]) -> AddressMap | None: ...
+    def addresses(
+        self, peers: Mapping[str, Peer], host_addresses: Mapping[str, str]
+    ) -> AddressMap | None: ...
 
     def zones(self, tree: Path) -> list[Path]:
         """The zones every DNS host answers for besides its organization's own."""
 
-    def rebuilds(self, tree: Path, hosts: Sequence[str]) -> bool:
-        """Whether making ready for `hosts` takes every running host away first."""
+    def rebuilds(self, peers: Mapping[str, Peer]) -> bool:
+        """Whether making ready for these hosts takes every running host away first."""
 
-    def prepare(self, tree: Path, hosts: Sequence[str]) -> None:
-        """Make ready for `hosts` ("ORG/server") of the applied tree."""
+    def prepare(self, tree: Path, peers: Mapping[str, Peer]) -> None:
+        """Make ready for the hosts `peers` ("ORG/server" -> its servers.json entry) of the
+        applied tree."""
 
     def prefix(self, server: str) -> list[str]:
         """What runs a host's command where it belongs."""
@@ -65,16 +68,18 @@ class Loopback:
     def address(self, host: str, loopback: str, peer: Peer) -> str:
         return loopback
 
-    def addresses(self, tree: Path, host_addresses: Mapping[str, str]) -> AddressMap | None:
-        return local_addresses(tree, host_addresses, self.ports())
+    def addresses(
+        self, peers: Mapping[str, Peer], host_addresses: Mapping[str, str]
+    ) -> AddressMap | None:
+        return local_addresses(peers, host_addresses, self.ports())
 
     def zones(self, tree: Path) -> list[Path]:
         return sorted(tree.glob("*/zones/*.zone"))
 
-    def rebuilds(self, tree: Path, hosts: Sequence[str]) -> bool:
+    def rebuilds(self, peers: Mapping[str, Peer]) -> bool:
         return False
 
-    def prepare(self, tree: Path, hosts: Sequence[str]) -> None:
+    def prepare(self, tree: Path, peers: Mapping[str, Peer]) -> None:
         pass
 
     def prefix(self, server: str) -> list[str]:
