@@ -82,7 +82,10 @@ async def serve(
     reaches `handler`. Without `tls` the port speaks clear text, as before TLS was added."""
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _Session(handler, tls, reader, writer).run()
+        # A session cancelled as the host stops ends quietly: asyncio 3.11's stream callback
+        # logs a cancelled connection task as an error with a traceback (3.12 no longer does).
+        with contextlib.suppress(asyncio.CancelledError):
+            await _Session(handler, tls, reader, writer).run()
 
     return await asyncio.start_server(session, host, port)
 
